@@ -1,0 +1,49 @@
+"""Typed settings for semstore, read from ``SEMSTORE_*`` environment variables.
+
+Settings are built on demand with :func:`get_settings` (never at import time), so tests
+and embedding applications can pass their own :class:`Settings` instance anywhere a
+component needs configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "semstore"
+
+
+class Settings(BaseSettings):
+    """All configuration of the library, the CLI and the server in one typed object."""
+
+    model_config = SettingsConfigDict(env_prefix="SEMSTORE_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Where the default SQLite database and saved indexes live.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: sqlite:///<data_dir>/semstore.db")
+
+    model: str = Field(default="ViT-B-32", description="open_clip model name.")
+    pretrained: str | None = Field(default="laion2b_s34b_b79k", description="open_clip pretrained tag, or a local checkpoint path.")
+    device: str = Field(default="cpu", description="torch device for the encoder.")
+    threads: int | None = Field(default=None, description="torch intra-op threads (default: torch's choice).")
+    batch_size: int = Field(default=32, ge=1, description="Images per encoder batch.")
+
+    codec_bootstrap_size: int = Field(default=5000, ge=2, description="Embeddings buffered to train a new collection's codec.")
+    codec_num_subvectors: int = Field(default=16, ge=1)
+    codec_codebook_size: int = Field(default=256, ge=2, le=65536)
+
+    max_image_pixels: int = Field(default=89_478_485, description="Images above this many pixels are rejected (decompression bombs).")
+
+    def resolved_database_url(self) -> str:
+        """The database URL to use: the explicit one, or a SQLite file in ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir.expanduser() / 'semstore.db'}"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with keyword overrides taking precedence."""
+    return Settings(**overrides)  # type: ignore[arg-type]
