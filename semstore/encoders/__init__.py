@@ -1,0 +1,47 @@
+"""Encoders: images and texts to unit-norm float32 embeddings.
+
+Public API: :class:`Encoder` (the interface), :class:`OpenClipEncoder` (open_clip backend),
+:data:`TINY_TEST_MODEL` (a tiny, NON-semantic model for tests and offline mechanics),
+:func:`load_encoder` (build the encoder described by :class:`~semstore.config.Settings`)
+and the errors. Importing this package does not import torch or open_clip.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from semstore.encoders.base import Encoder, EncoderError, EncoderWeightsNotFoundError
+from semstore.encoders.configs import TINY_TEST_MODEL, register_model_configs
+from semstore.encoders.openclip import OpenClipEncoder
+
+if TYPE_CHECKING:
+    from semstore.config import Settings
+
+__all__ = [
+    "TINY_TEST_MODEL",
+    "Encoder",
+    "EncoderError",
+    "EncoderWeightsNotFoundError",
+    "OpenClipEncoder",
+    "load_encoder",
+    "register_model_configs",
+]
+
+
+def load_encoder(settings: Settings) -> Encoder:
+    """Build the encoder named by ``settings.model`` / ``settings.pretrained``.
+
+    ``settings.pretrained`` may be an open_clip tag or a local checkpoint path; for
+    :data:`TINY_TEST_MODEL` a tag is ignored (it has none) and random seeded weights are used.
+
+    Raises:
+        ValueError: unknown model or tag.
+        EncoderWeightsNotFoundError: the weights are not available offline.
+    """
+    return OpenClipEncoder(
+        settings.model,
+        settings.pretrained,
+        device=settings.device,
+        threads=settings.threads,
+        batch_size=settings.batch_size,
+    )
