@@ -1,0 +1,69 @@
+"""Hyper-parameters of a :class:`~semstore.codec.PQVAECodec`, validated in one place."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Everything that defines a codec's architecture and training.
+
+    ``dim``, ``num_subvectors`` (M) and ``codebook_size`` (K) fix the code format:
+    each vector becomes M integers in ``[0, K)``, i.e. ``M * log2(K)`` bits.
+    ``subvector_dim`` (d) is the width of the shared codebook's codewords; it is the rank
+    shared by the M decoder blocks (see :mod:`semstore.codec.model`).
+    """
+
+    dim: int
+    num_subvectors: int = 16
+    codebook_size: int = 256
+    subvector_dim: int | None = None
+    beam_size: int = 4
+    train_beam_size: int | None = None
+    iterations: int = 12
+    kmeans_iterations: int = 16
+    query_weighting: float = 0.5
+    max_train_vectors: int = 100_000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {self.dim!r}")
+        if not isinstance(self.num_subvectors, int) or self.num_subvectors < 1:
+            raise ValueError(f"num_subvectors must be a positive integer, got {self.num_subvectors!r}")
+        if not isinstance(self.codebook_size, int) or not 2 <= self.codebook_size <= 65536:
+            raise ValueError(f"codebook_size must be an integer in [2, 65536], got {self.codebook_size!r}")
+        if self.subvector_dim is not None and (not isinstance(self.subvector_dim, int) or self.subvector_dim < 1):
+            raise ValueError(f"subvector_dim must be a positive integer, got {self.subvector_dim!r}")
+        if self.beam_size < 1 or (self.train_beam_size is not None and self.train_beam_size < 1):
+            raise ValueError("beam sizes must be >= 1")
+        if self.iterations < 0 or self.kmeans_iterations < 1:
+            raise ValueError("iterations must be >= 0 and kmeans_iterations >= 1")
+        if not 0.0 <= self.query_weighting <= 1.0:
+            raise ValueError(f"query_weighting must be in [0, 1], got {self.query_weighting!r}")
+
+    @property
+    def effective_subvector_dim(self) -> int:
+        """d: the codeword width; defaults to min(dim, 64), never above the codebook rank."""
+        if self.subvector_dim is not None:
+            return self.subvector_dim
+        return min(self.dim, 64)
+
+    @property
+    def bits_per_vector(self) -> float:
+        return self.num_subvectors * math.log2(self.codebook_size)
+
+    @property
+    def code_dtype(self) -> str:
+        return "uint8" if self.codebook_size <= 256 else "uint16"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CodecConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})

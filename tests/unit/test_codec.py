@@ -1,0 +1,169 @@
+"""Unit tests of the PQ-VAE shared-codebook codec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semstore.codec import CodecNotFittedError, PQVAECodec
+
+
+def clustered(n: int, dim: int, seed: int = 0, clusters: int = 40) -> np.ndarray:
+    """Normalised vectors around a few centres with a decaying spectrum, like real embeddings."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)) * (np.arange(1, dim + 1) ** -0.5)
+    x = centres[rng.integers(clusters, size=n)] + 0.3 * rng.standard_normal((n, dim)) * (np.arange(1, dim + 1) ** -0.5)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> np.ndarray:
+    return clustered(1500, 48)
+
+
+@pytest.fixture(scope="module")
+def codec(data: np.ndarray) -> PQVAECodec:
+    return PQVAECodec(dim=48, num_subvectors=8, codebook_size=32, iterations=4).fit(data, seed=0, progress=False)
+
+
+def test_round_trip_shapes_and_dtypes(codec: PQVAECodec, data: np.ndarray) -> None:
+    codes = codec.encode(data[:10])
+    assert codes.shape == (10, 8) and codes.dtype == np.uint8
+    decoded = codec.decode(codes)
+    assert decoded.shape == (10, 48) and decoded.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(decoded, axis=1), 1.0, rtol=1e-5)
+    assert codec.bits_per_vector == 40.0
+    assert codec.bytes_per_vector == 8
+    assert codec.codebook.shape == (32, codec.subvector_dim)
+
+
+def test_uint16_codes_for_large_codebooks() -> None:
+    x = clustered(600, 16, seed=3)
+    codec = PQVAECodec(dim=16, num_subvectors=2, codebook_size=1024, iterations=1).fit(x, progress=False)
+    codes = codec.encode(x[:5])
+    assert codes.dtype == np.uint16 and codes.max() < 1024
+    assert codec.bits_per_vector == 20.0
+
+
+def test_extreme_codebook_sizes() -> None:
+    x = clustered(300, 8, seed=4)
+    tiny = PQVAECodec(dim=8, num_subvectors=4, codebook_size=2, iterations=2).fit(x, progress=False)
+    assert set(np.unique(tiny.encode(x))) == {0, 1}
+    huge = PQVAECodec(dim=8, num_subvectors=1, codebook_size=65536, iterations=1).fit(x, progress=False)
+    codes = huge.encode(x)
+    assert codes.dtype == np.uint16
+    # with far more codewords than vectors every vector should get (nearly) its own codeword
+    assert np.mean(np.sum(huge.decode(codes) * x, axis=1)) > 0.99
+
+
+def test_adc_equals_inner_product_with_linear_decoding(codec: PQVAECodec, data: np.ndarray) -> None:
+    queries = np.random.default_rng(9).standard_normal((7, 48)).astype(np.float32)
+    codes = codec.encode(data[:50]).astype(np.int64)
+    sub = codec.query_transform(queries).reshape(7, codec.num_subvectors, codec.subvector_dim)
+    luts = np.einsum("qmd,kd->qmk", sub, codec.codebook)
+    adc = codec.query_offset(queries)[:, None] + sum(luts[:, m, codes[:, m]] for m in range(codec.num_subvectors))
+    brute = queries @ codec.decode(codes, normalize=False).T
+    np.testing.assert_allclose(adc, brute, rtol=1e-4, atol=1e-5)
+
+
+def test_deterministic_for_a_seed(data: np.ndarray) -> None:
+    a = PQVAECodec(dim=48, num_subvectors=4, codebook_size=16, iterations=2).fit(data, seed=5, progress=False)
+    b = PQVAECodec(dim=48, num_subvectors=4, codebook_size=16, iterations=2).fit(data, seed=5, progress=False)
+    assert a.content_hash == b.content_hash
+    np.testing.assert_array_equal(a.encode(data), b.encode(data))
+
+
+def test_save_load_gives_identical_codes(codec: PQVAECodec, data: np.ndarray, tmp_path) -> None:
+    path = codec.save(tmp_path / "codec.safetensors")
+    loaded = PQVAECodec.load(path)
+    assert loaded.content_hash == codec.content_hash
+    assert loaded.config == codec.config
+    np.testing.assert_array_equal(loaded.encode(data), codec.encode(data))
+    np.testing.assert_array_equal(loaded.decode(codec.encode(data[:4])), codec.decode(codec.encode(data[:4])))
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "temp file left behind"
+
+
+def test_corrupt_codec_files_are_rejected(codec: PQVAECodec) -> None:
+    blob = bytearray(codec.to_bytes())
+    with pytest.raises(ValueError):
+        PQVAECodec.from_bytes(b"")
+    with pytest.raises(ValueError):
+        PQVAECodec.from_bytes(bytes(blob[: len(blob) // 2]))
+    blob[-5] ^= 0xFF  # flip a weight byte: the content hash must catch it
+    with pytest.raises(ValueError, match="hash"):
+        PQVAECodec.from_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((3, 47), np.float32),
+        np.zeros((3, 48, 1), np.float32),
+        np.array([[np.nan] * 48], np.float32),
+        np.array([[np.inf] * 48], np.float32),
+        np.array([["a"] * 48]),
+    ],
+)
+def test_bad_vectors_raise_value_error(codec: PQVAECodec, bad: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        codec.encode(bad)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.full((1, 8), 32), np.full((1, 8), -1), np.zeros((1, 7), np.int64), np.zeros((1, 8), np.float32) + 0.5],
+)
+def test_bad_codes_raise_value_error(codec: PQVAECodec, bad: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        codec.decode(bad)
+
+
+def test_bad_configuration_raises_value_error() -> None:
+    for kwargs in ({"codebook_size": 1}, {"codebook_size": 65537}, {"num_subvectors": 0}, {"dim": 0}):
+        args = {"dim": 8, "num_subvectors": 2, "codebook_size": 16} | kwargs
+        with pytest.raises(ValueError):
+            PQVAECodec(**args)
+
+
+def test_unfitted_codec_raises() -> None:
+    with pytest.raises(CodecNotFittedError):
+        PQVAECodec(dim=8, num_subvectors=2, codebook_size=4).encode(np.zeros((1, 8), np.float32))
+
+
+@pytest.mark.parametrize("n", [2, 30, 200])
+def test_small_training_sets(n: int) -> None:
+    x = clustered(n, 64, seed=n)
+    codec = PQVAECodec(dim=64, num_subvectors=8, codebook_size=256, iterations=3).fit(x, progress=False)
+    assert codec.report is not None and codec.report.num_train_vectors == n
+    assert f"{n} of {n} vectors" in codec.report.summary()
+    codes = codec.encode(x)
+    # codes are not collapsed: distinct vectors get distinct codes, and reconstructions are close
+    assert len({row.tobytes() for row in codes}) == n
+    assert np.mean(np.sum(codec.decode(codes) * x, axis=1)) > 0.95
+
+
+def test_trained_codec_beats_random_codes_by_a_wide_margin() -> None:
+    both = clustered(3500, 64, seed=1)
+    train, test = both[:3000], both[3000:]
+    codec = PQVAECodec(dim=64, num_subvectors=8, codebook_size=64, iterations=4).fit(train, progress=False)
+    codes = codec.encode(test)
+    random_codes = np.random.default_rng(0).integers(0, 64, size=codes.shape)
+
+    def recall_at_10(decoded: np.ndarray) -> float:
+        queries = test[:100]
+        truth = np.argsort(-(queries @ test.T), axis=1)[:, :10]
+        found = np.argsort(-(queries @ decoded.T), axis=1)[:, :10]
+        return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]))
+
+    trained, rand = recall_at_10(codec.decode(codes)), recall_at_10(codec.decode(random_codes))
+    assert trained > 0.5
+    assert trained > rand + 0.4
+    cos = np.mean(np.sum(codec.decode(codes) * test, axis=1))
+    assert cos > 0.9
+
+
+def test_any_dimension() -> None:
+    for dim in (5, 384, 1024):
+        x = clustered(100, dim, seed=dim)
+        codec = PQVAECodec(dim=dim, num_subvectors=4, codebook_size=8, iterations=1).fit(x, progress=False)
+        assert codec.decode(codec.encode(x[:3])).shape == (3, dim)
