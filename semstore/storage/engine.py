@@ -1,0 +1,98 @@
+"""Engine, session factory and transaction helper for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from semstore.storage.errors import StorageError
+
+#: Applied to every new SQLite connection. WAL lets readers run beside one writer,
+#: FULL makes a commit durable across power loss, and the busy timeout makes a
+#: second writer wait instead of failing at once.
+SQLITE_PRAGMAS: tuple[str, ...] = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=30000",
+)
+
+
+def normalize_database_url(url: str) -> str:
+    """Return ``url`` with PostgreSQL URLs pointed at the psycopg (3) driver.
+
+    ``postgres://`` and ``postgresql://`` become ``postgresql+psycopg://``; URLs that
+    already name a driver, and all other databases, are returned unchanged.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(normalize_database_url(url))
+    except Exception as exc:  # sqlalchemy raises ArgumentError; keep our own type
+        raise StorageError(f"invalid database URL: {url!r}") from exc
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:") or url.query.get("mode") == "memory":
+        return None
+    return Path(database).expanduser()
+
+
+def create_db_engine(url: str, *, sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS, **engine_kwargs: Any) -> Engine:
+    """Create an :class:`~sqlalchemy.Engine` for ``url`` (SQLite or PostgreSQL).
+
+    For a SQLite file the parent directory is created and every new connection runs
+    ``sqlite_pragmas`` (default :data:`SQLITE_PRAGMAS`). PostgreSQL URLs are
+    normalized to the psycopg driver (see :func:`normalize_database_url`). Extra
+    keyword arguments go to :func:`sqlalchemy.create_engine`.
+    """
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        path = _sqlite_file(parsed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, **engine_kwargs)
+        pragmas = tuple(sqlite_pragmas)
+
+        @event.listens_for(engine, "connect")
+        def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                for pragma in pragmas:
+                    cursor.execute(pragma)
+            finally:
+                cursor.close()
+
+        return engine
+    if backend == "postgresql":
+        engine_kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(parsed, **engine_kwargs)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory bound to ``engine``.
+
+    Objects stay usable after commit (``expire_on_commit=False``) so repository
+    results can be returned from a :func:`transaction` block.
+    """
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """Open a session and a transaction; commit on success, roll back on any exception."""
+    with factory() as session, session.begin():
+        yield session

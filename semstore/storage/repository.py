@@ -1,0 +1,465 @@
+"""Repository functions: every read and write of the database goes through here.
+
+All functions take a :class:`~sqlalchemy.orm.Session` first and keyword-only
+arguments after it. They never commit: the caller owns the transaction (see
+:func:`semstore.storage.engine.transaction`), so an item and its codes, or a batch
+of items and the collection revision bump, commit or roll back together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from operator import itemgetter
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.types import Float, Integer, String
+
+from semstore.storage.errors import (
+    ApiKeyExistsError,
+    ApiKeyNotFoundError,
+    CodecNotFoundError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    CorruptCodesError,
+    DuplicateItemError,
+    ItemNotFoundError,
+    StorageError,
+)
+from semstore.storage.models import API_KEY_SCOPES, ApiKey, Codec, Collection, Item
+
+#: Largest number of bound values put in one ``IN (...)`` list (old SQLite builds allow 999).
+IN_CHUNK_SIZE = 900
+
+#: Rows fetched per round trip when streaming codes.
+STREAM_CHUNK_ROWS = 65_536
+
+_T = TypeVar("_T")
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+MetadataValue = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """An item to insert: its source, content hash, compressed codes and metadata."""
+
+    source_uri: str
+    content_hash: str
+    codes: bytes
+    codec_id: int
+    width: int | None = None
+    height: int | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+class CollectionState(NamedTuple):
+    """What a built index records to detect that it is stale (``max_id`` is 0 when empty)."""
+
+    count: int
+    max_id: int
+    revision: int
+
+
+def _chunks(values: Sequence[_T], size: int = IN_CHUNK_SIZE) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    # psycopg exposes the SQLSTATE; sqlite3 only a message.
+    if getattr(exc.orig, "sqlstate", None) == "23505":
+        return True
+    return "UNIQUE constraint failed" in str(exc.orig)
+
+
+def _bump_revision(session: Session, collection_id: int) -> None:
+    result = session.execute(
+        update(Collection).where(Collection.id == collection_id).values(revision=Collection.revision + 1)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise CollectionNotFoundError(f"no collection with id {collection_id}")
+
+
+# --------------------------------------------------------------------------- collections
+
+
+def create_collection(
+    session: Session, *, name: str, model: str, pretrained: str | None, dim: int, codec_id: int | None = None
+) -> Collection:
+    """Create a collection; raise :class:`CollectionExistsError` if the name is taken."""
+    if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
+        raise CollectionExistsError(f"collection {name!r} already exists")
+    collection = Collection(name=name, model=model, pretrained=pretrained, dim=dim, codec_id=codec_id, revision=0)
+    session.add(collection)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if _is_unique_violation(exc):
+            raise CollectionExistsError(f"collection {name!r} already exists") from exc
+        raise
+    return collection
+
+
+def get_collection(session: Session, *, name: str) -> Collection:
+    """The collection called ``name``; raise :class:`CollectionNotFoundError` if none."""
+    collection = session.scalar(select(Collection).where(Collection.name == name))
+    if collection is None:
+        raise CollectionNotFoundError(f"no collection named {name!r}")
+    return collection
+
+
+def get_collection_by_id(session: Session, *, collection_id: int) -> Collection:
+    """The collection with this id; raise :class:`CollectionNotFoundError` if none."""
+    collection = session.get(Collection, collection_id)
+    if collection is None:
+        raise CollectionNotFoundError(f"no collection with id {collection_id}")
+    return collection
+
+
+def list_collections(session: Session) -> list[Collection]:
+    """All collections, ordered by name."""
+    return list(session.scalars(select(Collection).order_by(Collection.name)))
+
+
+def delete_collection(session: Session, *, name: str) -> None:
+    """Delete the collection called ``name`` and all its items."""
+    collection = get_collection(session, name=name)
+    # Explicit, so it holds even on a connection without foreign-key enforcement.
+    session.execute(delete(Item).where(Item.collection_id == collection.id))
+    session.delete(collection)
+    session.flush()
+
+
+def set_collection_codec(session: Session, *, collection_id: int, codec_id: int) -> Collection:
+    """Attach a (trained) codec to a collection and bump its revision."""
+    collection = get_collection_by_id(session, collection_id=collection_id)
+    get_codec(session, codec_id=codec_id)
+    collection.codec_id = codec_id
+    session.flush()
+    _bump_revision(session, collection_id)
+    session.refresh(collection)
+    return collection
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+def save_codec(session: Session, *, content_hash: str, config: dict[str, Any], weights: bytes) -> Codec:
+    """Store a codec, or return the stored one with the same ``content_hash`` (idempotent)."""
+    existing = session.scalar(select(Codec).where(Codec.content_hash == content_hash))
+    if existing is not None:
+        return existing
+    values = {"content_hash": content_hash, "config": dict(config), "weights": bytes(weights)}
+    dialect = _dialect(session)
+    if dialect in ("postgresql", "sqlite"):
+        # ON CONFLICT DO NOTHING keeps concurrent savers of the same codec from failing.
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        session.execute(dialect_insert(Codec).values(**values).on_conflict_do_nothing(index_elements=["content_hash"]))
+    else:
+        session.add(Codec(**values))
+        session.flush()
+    return get_codec(session, content_hash=content_hash)
+
+
+def get_codec(session: Session, *, codec_id: int | None = None, content_hash: str | None = None) -> Codec:
+    """The codec with this id or content hash (give exactly one); raise :class:`CodecNotFoundError`."""
+    if (codec_id is None) == (content_hash is None):
+        raise ValueError("give exactly one of codec_id and content_hash")
+    if codec_id is not None:
+        codec = session.get(Codec, codec_id)
+    else:
+        codec = session.scalar(select(Codec).where(Codec.content_hash == content_hash))
+    if codec is None:
+        what = f"id {codec_id}" if codec_id is not None else f"content hash {content_hash!r}"
+        raise CodecNotFoundError(f"no codec with {what}")
+    return codec
+
+
+# --------------------------------------------------------------------------- items
+
+
+def add_items(session: Session, *, collection_id: int, items: Sequence[NewItem]) -> list[int]:
+    """Insert ``items`` in one batched statement and return their new ids, in order.
+
+    Bumps the collection revision. Raises :class:`DuplicateItemError` when a content
+    hash repeats within ``items`` or is already stored in the collection (after which
+    the caller must roll back). The caller commits.
+    """
+    if not items:
+        return []
+    hashes = [item.content_hash for item in items]
+    if len(set(hashes)) != len(hashes):
+        raise DuplicateItemError("the batch contains the same content_hash more than once")
+    rows = [
+        {
+            "collection_id": collection_id,
+            "source_uri": item.source_uri,
+            "content_hash": item.content_hash,
+            "width": item.width,
+            "height": item.height,
+            "metadata_": dict(item.metadata) if item.metadata else {},
+            "codes": bytes(item.codes),
+            "codec_id": item.codec_id,
+        }
+        for item in items
+    ]
+    # Bump first: it takes the write lock (SQLite) / row lock (PostgreSQL) early.
+    _bump_revision(session, collection_id)
+    try:
+        result = session.execute(insert(Item).returning(Item.id, sort_by_parameter_order=True), rows)
+    except IntegrityError as exc:
+        if _is_unique_violation(exc):
+            raise DuplicateItemError("an item with the same content_hash is already in the collection") from exc
+        raise
+    return list(result.scalars())
+
+
+def existing_hashes(session: Session, *, collection_id: int, hashes: Iterable[str]) -> set[str]:
+    """The subset of ``hashes`` already stored in the collection."""
+    wanted = list(dict.fromkeys(hashes))
+    found: set[str] = set()
+    for chunk in _chunks(wanted):
+        found.update(
+            session.scalars(
+                select(Item.content_hash).where(Item.collection_id == collection_id, Item.content_hash.in_(chunk))
+            )
+        )
+    return found
+
+
+def get_item(session: Session, *, collection_id: int, item_id: int) -> Item:
+    """One item of the collection; raise :class:`ItemNotFoundError` if absent."""
+    item = session.scalar(select(Item).where(Item.collection_id == collection_id, Item.id == item_id))
+    if item is None:
+        raise ItemNotFoundError(f"no item {item_id} in collection {collection_id}")
+    return item
+
+
+def get_items(session: Session, *, collection_id: int, ids: Sequence[int]) -> list[Item]:
+    """The items with these ids, in the order of ``ids``; ids not in the collection are skipped."""
+    wanted = [int(i) for i in ids]
+    by_id: dict[int, Item] = {}
+    for chunk in _chunks(list(dict.fromkeys(wanted))):
+        for item in session.scalars(select(Item).where(Item.collection_id == collection_id, Item.id.in_(chunk))):
+            by_id[item.id] = item
+    return [by_id[i] for i in wanted if i in by_id]
+
+
+def delete_items(session: Session, *, collection_id: int, ids: Sequence[int]) -> int:
+    """Delete these items of the collection; return how many were deleted."""
+    unique_ids = list(dict.fromkeys(int(i) for i in ids))
+    deleted = 0
+    for chunk in _chunks(unique_ids):
+        result = session.execute(delete(Item).where(Item.collection_id == collection_id, Item.id.in_(chunk)))
+        deleted += result.rowcount  # type: ignore[attr-defined]
+    if deleted:
+        _bump_revision(session, collection_id)
+    return deleted
+
+
+def update_item_metadata(
+    session: Session, *, collection_id: int, item_id: int, metadata: Mapping[str, Any], replace: bool = False
+) -> Item:
+    """Merge ``metadata`` into the item's metadata (or replace it); bump the revision."""
+    if not isinstance(metadata, Mapping):
+        raise TypeError("metadata must be a mapping")
+    item = get_item(session, collection_id=collection_id, item_id=item_id)
+    merged = dict(metadata) if replace else {**(item.metadata_ or {}), **metadata}
+    item.metadata_ = merged  # a new dict, so the JSON change is detected
+    _bump_revision(session, collection_id)
+    session.flush()
+    return item
+
+
+def _sqlite_metadata_condition(path: str, value: MetadataValue) -> ColumnElement[bool]:
+    # json_extract turns true/false into 1/0, so json_type is what tells a boolean from
+    # a number (and a number from a numeric-looking string).
+    kind = func.json_type(Item.metadata_, path)
+    if isinstance(value, bool):
+        return kind == ("true" if value else "false")
+    extracted = func.json_extract(Item.metadata_, path)
+    if isinstance(value, str):
+        return and_(kind == "text", type_coerce(extracted, String) == value)
+    number_type = Float if isinstance(value, float) else Integer
+    return and_(or_(kind == "integer", kind == "real"), type_coerce(extracted, number_type) == value)
+
+
+def filter_item_ids(session: Session, *, collection_id: int, where: Mapping[str, MetadataValue]) -> np.ndarray:
+    """Ids (int64, ascending) of the collection's items whose metadata has every ``key: value``.
+
+    Types matter: ``"1"``, ``1`` and ``true`` are different values; ``1`` and ``1.0`` are equal.
+    """
+    for key, value in where.items():
+        if not isinstance(key, str):
+            raise TypeError(f"metadata keys are strings, got {key!r}")
+        if not isinstance(value, str | int | float | bool):
+            raise TypeError(f"metadata filter values are str, int, float or bool, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"metadata filter value for {key!r} must be finite")
+    conditions: list[ColumnElement[bool]] = [Item.collection_id == collection_id]
+    dialect = _dialect(session)
+    if dialect == "postgresql":
+        if where:
+            # JSONB containment compares JSON values by type: "1", 1 and true differ, 1 == 1.0.
+            conditions.append(type_coerce(Item.metadata_, JSONB).contains(dict(where)))
+    elif dialect == "sqlite":
+        for key, value in where.items():
+            if '"' in key:
+                raise ValueError(f"metadata keys used in filters cannot contain '\"': {key!r}")
+            conditions.append(_sqlite_metadata_condition(f'$."{key}"', value))
+    else:
+        raise StorageError(f"metadata filters are not implemented for {dialect}")
+    ids = session.scalars(select(Item.id).where(*conditions).order_by(Item.id)).all()
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _stream_id_code_rows(session: Session, collection_id: int) -> Iterator[list[tuple[int, bytes]]]:
+    """Yield ``(id, codes)`` rows in chunks straight from the DBAPI cursor (no ORM/Row objects)."""
+    table = Item.__table__
+    dialect = session.get_bind().dialect
+    stmt = select(table.c.id, table.c.codes).where(table.c.collection_id == int(collection_id)).order_by(table.c.id)
+    sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    pooled = session.connection().connection
+    if dialect.name == "postgresql":
+        # A named (server-side) cursor streams instead of buffering the whole result;
+        # binary transfer skips bytea hex decoding.
+        cursor = pooled.driver_connection.cursor(name=f"semstore_load_codes_{collection_id}", binary=True)  # type: ignore[union-attr]
+    else:
+        cursor = pooled.cursor()
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(STREAM_CHUNK_ROWS):
+            yield rows
+    finally:
+        cursor.close()
+
+
+def load_codes(
+    session: Session, *, collection_id: int, num_subvectors: int, dtype: np.dtype[Any] | type | str = np.uint8
+) -> tuple[np.ndarray, np.ndarray]:
+    """All ids (int64) and codes ``(n, num_subvectors)`` of the collection, ordered by id.
+
+    Codes are stored as the little-endian bytes of each row (see :func:`pack_codes`).
+    Rows are streamed from the raw DBAPI cursor and assembled with one bytes join per
+    chunk, so a million items load in about a second. Raises :class:`CorruptCodesError`
+    when the stored bytes do not match ``num_subvectors * itemsize`` per item.
+    """
+    code_dtype = np.dtype(dtype).newbyteorder("<")
+    row_bytes = num_subvectors * code_dtype.itemsize
+    session.flush()
+    id_parts: list[np.ndarray] = []
+    buffer = bytearray()
+    for rows in _stream_id_code_rows(session, collection_id):
+        id_parts.append(np.fromiter(map(_first, rows), dtype=np.int64, count=len(rows)))
+        buffer += b"".join(map(_second, rows))
+    ids = np.concatenate(id_parts) if id_parts else np.empty(0, dtype=np.int64)
+    if len(buffer) != len(ids) * row_bytes:
+        raise CorruptCodesError(
+            f"collection {collection_id}: {len(buffer)} code bytes for {len(ids)} items, expected {row_bytes} per item"
+        )
+    codes = np.frombuffer(buffer, dtype=code_dtype).reshape(len(ids), num_subvectors)
+    return ids, codes.astype(code_dtype.newbyteorder("="), copy=False)
+
+
+def pack_codes(codes: np.ndarray) -> list[bytes]:
+    """Split an ``(n, M)`` integer code array into ``n`` little-endian byte strings, one per item."""
+    array = np.asarray(codes)
+    if array.ndim != 2 or array.dtype.kind not in "ui":
+        raise ValueError(f"expected a 2-D integer code array, got shape {array.shape} dtype {array.dtype}")
+    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    blob = little.tobytes()
+    step = little.shape[1] * little.dtype.itemsize
+    return [blob[i : i + step] for i in range(0, len(blob), step)] if step else [b""] * len(little)
+
+
+def collection_state(session: Session, *, collection_id: int) -> CollectionState:
+    """Item count, largest item id (0 when empty) and revision of the collection."""
+    revision = session.scalar(select(Collection.revision).where(Collection.id == collection_id))
+    if revision is None:
+        raise CollectionNotFoundError(f"no collection with id {collection_id}")
+    count, max_id = session.execute(
+        select(func.count(Item.id), func.max(Item.id)).where(Item.collection_id == collection_id)
+    ).one()
+    return CollectionState(count=int(count), max_id=int(max_id or 0), revision=int(revision))
+
+
+def collection_stats(session: Session, *, collection_id: int) -> tuple[int, int]:
+    """``(item count, total bytes of stored codes)`` of the collection."""
+    count, total = session.execute(
+        select(func.count(Item.id), func.coalesce(func.sum(func.length(Item.codes)), 0)).where(
+            Item.collection_id == collection_id
+        )
+    ).one()
+    return int(count), int(total)
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+def create_api_key(session: Session, *, name: str, key_hash: str, scope: str) -> ApiKey:
+    """Store a new API key (only its hash); raise :class:`ApiKeyExistsError` on a taken name/hash."""
+    if scope not in API_KEY_SCOPES:
+        raise ValueError(f"scope must be one of {API_KEY_SCOPES}, got {scope!r}")
+    taken = session.scalar(select(ApiKey.id).where(or_(ApiKey.name == name, ApiKey.key_hash == key_hash)))
+    if taken is not None:
+        raise ApiKeyExistsError(f"an API key named {name!r} or with the same hash already exists")
+    key = ApiKey(name=name, key_hash=key_hash, scope=scope)
+    session.add(key)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if _is_unique_violation(exc):
+            raise ApiKeyExistsError(f"an API key named {name!r} or with the same hash already exists") from exc
+        raise
+    return key
+
+
+def find_api_key(session: Session, *, key_hash: str, include_revoked: bool = False) -> ApiKey | None:
+    """The API key with this hash, or None; revoked keys only when ``include_revoked``."""
+    stmt = select(ApiKey).where(ApiKey.key_hash == key_hash)
+    if not include_revoked:
+        stmt = stmt.where(ApiKey.revoked_at.is_(None))
+    return session.scalar(stmt)
+
+
+def touch_api_key(session: Session, *, key_id: int) -> None:
+    """Record that the key was just used (``last_used_at``)."""
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=_now()))
+
+
+def revoke_api_key(session: Session, *, name: str) -> ApiKey:
+    """Revoke the key called ``name`` (idempotent); raise :class:`ApiKeyNotFoundError`."""
+    key = session.scalar(select(ApiKey).where(ApiKey.name == name))
+    if key is None:
+        raise ApiKeyNotFoundError(f"no API key named {name!r}")
+    if key.revoked_at is None:
+        key.revoked_at = _now()
+        session.flush()
+    return key
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    """All API keys (revoked ones included), ordered by name."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.name)))
+
+
