@@ -413,6 +413,14 @@ def collection_stats(session: Session, *, collection_id: int) -> tuple[int, int]
     return int(count), int(total)
 
 
+def collection_pixels(session: Session, *, collection_id: int) -> int:
+    """Total pixels of the collection's source images (for bits-per-pixel figures)."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Item.width * Item.height), 0)).where(Item.collection_id == collection_id)
+    )
+    return int(total or 0)
+
+
 # --------------------------------------------------------------------------- API keys
 
 

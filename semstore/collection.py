@@ -1,0 +1,334 @@
+"""A collection of compressed images: ingest, search, zero-shot classification, stats.
+
+:class:`Collection` is the object users get from :meth:`semstore.Database.collection`;
+the CLI and the HTTP server call exactly these methods.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from semstore import storage
+from semstore.codec import PQVAECodec
+from semstore.index import ADCIndex, IndexVersion
+from semstore.ingest.images import open_image
+from semstore.ingest.pipeline import IngestPipeline, IngestReport
+from semstore.search import Classification, SearchHit, classify_codes, hits_from_rows
+
+if TYPE_CHECKING:
+    from semstore.database import Database
+    from semstore.encoders import Encoder
+
+#: Candidates re-scored exactly (decoded, cosine) by default after the ADC pass.
+DEFAULT_RERANK = 100
+
+
+class QueryError(ValueError):
+    """A search request is malformed (no query, two queries, unknown item, ...)."""
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    """Size and compression figures of a collection."""
+
+    name: str
+    items: int
+    code_bytes: int
+    bytes_per_item: float
+    bits_per_vector: float | None
+    bits_per_pixel: float | None
+    model: str
+    pretrained: str | None
+    dim: int
+    codec_hash: str | None
+    codec_config: dict[str, Any] | None
+
+
+class Collection:
+    """Images stored as codes, with a FAISS ADC index kept in step with the database.
+
+    >>> import semstore, tempfile, pathlib  # doctest: +SKIP
+    >>> db = semstore.connect("sqlite:///photos.db")  # doctest: +SKIP
+    >>> photos = db.create_collection("photos")  # doctest: +SKIP
+    >>> photos.add(["~/Pictures"]).summary()  # doctest: +SKIP
+    >>> [hit.source_uri for hit in photos.search("a dog on a beach", k=3)]  # doctest: +SKIP
+    """
+
+    def __init__(self, db: Database, record: storage.Collection) -> None:
+        self._db = db
+        self.id: int = record.id
+        self.name: str = record.name
+        self.model: str = record.model
+        self.pretrained: str | None = record.pretrained
+        self.dim: int = record.dim
+        self._codec: PQVAECodec | None = None
+        self._codec_id: int | None = record.codec_id
+        self._index: ADCIndex | None = None
+        self._index_version: IndexVersion | None = None
+        self._lock = threading.RLock()
+
+    # -- components ----------------------------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        return self._db.encoder(self.model, self.pretrained)
+
+    @property
+    def codec(self) -> PQVAECodec | None:
+        """The collection's codec, or None until its first ingest trains one."""
+        with self._lock:
+            if self._codec is None:
+                with self._db.sessions() as session:
+                    record = storage.get_collection_by_id(session, collection_id=self.id)
+                    if record.codec_id is None:
+                        return None
+                    row = storage.get_codec(session, codec_id=record.codec_id)
+                    self._codec, self._codec_id = PQVAECodec.from_bytes(row.weights), row.id
+            return self._codec
+
+    @property
+    def index(self) -> ADCIndex | None:
+        """The search index, in step with the database (rebuilt or reloaded when stale)."""
+        with self._lock:
+            codec = self.codec
+            if codec is None:
+                return None
+            state = self._state()
+            version = IndexVersion(codec.content_hash, state.count, state.max_id, state.revision)
+            if self._index is not None and self._index_version == version:
+                return self._index
+            directory = self._db.index_directory(self)
+            self._index, _rebuilt = ADCIndex.load_or_build(directory, codec, version, self._load_codes)
+            self._index_version = version
+            return self._index
+
+    # -- writing -------------------------------------------------------------------------
+    def add(
+        self,
+        sources: Iterable[str | Path] | str | Path,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        progress: bool = True,
+    ) -> IngestReport:
+        """Ingest image files and folders (recursive); unchanged files are skipped.
+
+        Returns an :class:`IngestReport` with counts added / skipped and failures with reasons.
+        """
+        with self._lock:
+            index = self.index
+            pipeline = IngestPipeline(
+                sessions=self._db.sessions,
+                collection_id=self.id,
+                encoder=self.encoder,
+                codec=self.codec,
+                codec_id=self._codec_id if self._codec is not None else None,
+                codec_factory=self._db.new_codec,
+                batch_size=self._db.settings.batch_size,
+                bootstrap_size=self._db.settings.codec_bootstrap_size,
+                max_pixels=self._db.settings.max_image_pixels,
+                on_items_added=self._index_added if index is not None else None,
+                on_codec_trained=self._codec_trained,
+            )
+            try:
+                return pipeline.run(sources, metadata=metadata, progress=progress)
+            finally:
+                self._sync_after_write(save=True)
+
+    def delete(self, ids: Sequence[int]) -> int:
+        """Delete items by id; returns how many existed."""
+        wanted = [int(i) for i in ids]
+        with self._lock:
+            with storage.transaction(self._db.sessions) as session:
+                removed = storage.delete_items(session, collection_id=self.id, ids=wanted)
+            if self._index is not None:
+                self._index.remove(np.asarray(wanted, dtype=np.int64))
+            self._sync_after_write(save=False)
+        return removed
+
+    def update_metadata(self, item_id: int, metadata: Mapping[str, Any], *, replace: bool = False) -> dict[str, Any]:
+        """Merge (or with ``replace=True`` replace) an item's metadata; returns the new metadata."""
+        with storage.transaction(self._db.sessions) as session:
+            item = storage.update_item_metadata(
+                session, collection_id=self.id, item_id=item_id, metadata=dict(metadata), replace=replace
+            )
+            return dict(item.metadata_ or {})
+
+    # -- reading -------------------------------------------------------------------------
+    def get(self, item_id: int) -> SearchHit:
+        """One item (score NaN) with its source URI and metadata."""
+        with self._db.sessions() as session:
+            item = storage.get_item(session, collection_id=self.id, item_id=item_id)
+            return hits_from_rows([item], [float("nan")])[0]
+
+    def codes(self, item_id: int) -> np.ndarray:
+        """The stored codes of one item, shape (num_subvectors,)."""
+        with self._db.sessions() as session:
+            item = storage.get_item(session, collection_id=self.id, item_id=item_id)
+            return np.frombuffer(item.codes, dtype=self._require_codec().code_dtype.newbyteorder("<")).astype(
+                self._require_codec().code_dtype
+            )
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        image: str | Path | bytes | None = None,
+        item: int | None = None,
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+        rerank: int | None = DEFAULT_RERANK,
+    ) -> list[SearchHit]:
+        """Top-``k`` items for a text, an image (path or bytes) or an existing item id.
+
+        Scores are cosine similarities between the query embedding and the decoded codes
+        (exact for the ``rerank`` best ADC candidates; ``rerank=None`` returns raw ADC
+        inner products). ``where`` keeps items whose metadata has every given key/value;
+        ``min_score`` drops weaker hits.
+        """
+        given = [q is not None for q in (text, image, item)]
+        if sum(given) != 1:
+            raise QueryError("give exactly one of text, image or item")
+        if k < 1:
+            raise QueryError("k must be at least 1")
+        query = self.embed_query(text=text, image=image, item=item)
+        return self.search_vector(query, k=k, where=where, min_score=min_score, rerank=rerank)
+
+    def embed_query(self, *, text: str | None = None, image: str | Path | bytes | None = None, item: int | None = None) -> np.ndarray:
+        """The float query vector (1, dim) for a text, an image or a stored item."""
+        if text is not None:
+            if not text.strip():
+                raise QueryError("the text query is empty")
+            return self.encoder.encode_texts([text])
+        if image is not None:
+            source = Path(image).expanduser() if isinstance(image, str | Path) else image
+            return self.encoder.encode_images([open_image(source, max_pixels=self._db.settings.max_image_pixels)])
+        assert item is not None
+        return self._require_codec().decode(self.codes(item)[None, :])
+
+    def search_vector(
+        self,
+        query: np.ndarray,
+        *,
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+        rerank: int | None = DEFAULT_RERANK,
+    ) -> list[SearchHit]:
+        """Search with a ready float query vector (1, dim)."""
+        index = self.index
+        if index is None or len(index) == 0:
+            return []
+        allowed = None
+        if where:
+            with self._db.sessions() as session:
+                allowed = storage.filter_item_ids(session, collection_id=self.id, where=dict(where))
+            if allowed.size == 0:
+                return []
+        scores, ids = index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k, rerank=rerank, allowed_ids=allowed)
+        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        if min_score is not None:
+            pairs = [(s, i) for s, i in pairs if s >= min_score]
+        if not pairs:
+            return []
+        with self._db.sessions() as session:
+            rows = storage.get_items(session, collection_id=self.id, ids=[i for _, i in pairs])
+        found = {row.id for row in rows}
+        # An id deleted between search and lookup is dropped rather than returned dangling.
+        kept = [(s, i) for s, i in pairs if i in found]
+        by_id = {row.id: row for row in rows}
+        return hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
+
+    def classify(
+        self, labels: Sequence[str], *, template: str = "a photo of a {}.", progress: bool = False
+    ) -> Classification:
+        """Zero-shot classification of every item from its codes alone (the paper's protocol).
+
+        Each label becomes a text prompt (``template``), and every item gets the label whose
+        prompt embedding has the highest cosine with the item's decoded embedding.
+        """
+        clean = [label.strip() for label in labels if label and label.strip()]
+        if len(clean) < 2 or len(set(clean)) != len(clean):
+            raise QueryError("give at least two distinct, non-empty labels")
+        index = self.index
+        codec = self.codec
+        prompts = self.encoder.encode_texts([template.format(label) for label in clean])
+        if index is None or codec is None or len(index) == 0:
+            return classify_codes(codec, clean, prompts, np.empty(0, np.int64), None)
+        ids = index.ids()
+        return classify_codes(codec, clean, prompts, ids, index.codes_for(ids))
+
+    def stats(self) -> CollectionStats:
+        """Items, bytes of codes per item, bits per vector and per source pixel, codec config."""
+        codec = self.codec
+        with self._db.sessions() as session:
+            count, code_bytes = storage.collection_stats(session, collection_id=self.id)
+            pixels = storage.collection_pixels(session, collection_id=self.id)
+        bits = codec.bits_per_vector if codec else None
+        return CollectionStats(
+            name=self.name,
+            items=count,
+            code_bytes=code_bytes,
+            bytes_per_item=code_bytes / count if count else 0.0,
+            bits_per_vector=bits,
+            bits_per_pixel=(bits * count / pixels) if bits and pixels else None,
+            model=self.model,
+            pretrained=self.pretrained,
+            dim=self.dim,
+            codec_hash=codec.content_hash if codec else None,
+            codec_config=codec.config.to_dict() if codec else None,
+        )
+
+    # -- internals -----------------------------------------------------------------------
+    def _require_codec(self) -> PQVAECodec:
+        codec = self.codec
+        if codec is None:
+            raise QueryError(f"collection {self.name!r} has no items yet")
+        return codec
+
+    def _state(self) -> storage.CollectionState:
+        with self._db.sessions() as session:
+            return storage.collection_state(session, collection_id=self.id)
+
+    def _load_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        codec = self._require_codec()
+        with self._db.sessions() as session:
+            return storage.load_codes(
+                session, collection_id=self.id, num_subvectors=codec.num_subvectors, dtype=codec.code_dtype
+            )
+
+    def _index_added(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        if self._index is not None:
+            self._index.add(ids, codes)
+
+    def _codec_trained(self, codec: PQVAECodec, codec_id: int) -> None:
+        self._codec, self._codec_id = codec, codec_id
+        self._index = None
+
+    def _sync_after_write(self, *, save: bool) -> None:
+        """Adopt the database's new version if the in-memory index already matches it.
+
+        Items this process wrote were applied to the index incrementally; if anybody else
+        wrote meanwhile, the counts or ids disagree and the next access rebuilds instead.
+        """
+        codec = self.codec
+        if codec is None:
+            return
+        state = self._state()
+        index = self._index
+        if index is not None:
+            ids = index.ids()
+            top = int(ids.max()) if ids.size else 0
+            if len(index) == state.count and top == state.max_id:
+                self._index_version = IndexVersion(codec.content_hash, state.count, state.max_id, state.revision)
+            else:
+                self._index = None
+        if save:
+            current = self.index
+            if current is not None:
+                current.save(self._db.index_directory(self), self._index_version)

@@ -1,0 +1,280 @@
+"""Ingest: sources -> batches -> decode -> encode -> compress -> store, resumable and fault tolerant.
+
+Each batch commits in one transaction whose rows hold an item and its codes together, so
+an interrupted run leaves only whole items behind, and a re-run skips them by content hash.
+A collection without a codec buffers its first embeddings in memory (never in the
+database), trains its codec on them, stores codec + first items in one transaction, then
+streams the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+from tqdm.auto import tqdm
+
+from semstore import storage
+from semstore.codec import PQVAECodec
+from semstore.encoders import Encoder
+from semstore.ingest.images import BadImageError, content_hash, open_image
+from semstore.ingest.sources import iter_image_files
+
+
+class IngestError(RuntimeError):
+    """An ingest run could not store anything (e.g. too few images to train a codec)."""
+
+
+@dataclass(frozen=True)
+class FailedSource:
+    """A source that was skipped, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    """Counts of one ingest run: added, skipped as unchanged, failed with reasons."""
+
+    added: int = 0
+    skipped: int = 0
+    failed: list[FailedSource] = field(default_factory=list)
+    seconds: float = 0.0
+    codec_trained: bool = False
+    codec_hash: str | None = None
+    codec_report: str | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.added + self.skipped) / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        text = f"added {self.added}, skipped {self.skipped} unchanged, failed {len(self.failed)} in {self.seconds:.1f}s"
+        if self.codec_trained:
+            text += f"; trained codec {self.codec_hash[:12] if self.codec_hash else ''} ({self.codec_report})"
+        return text
+
+
+@dataclass
+class _Decoded:
+    source: str
+    digest: str
+    image: Any
+    width: int
+    height: int
+
+
+@dataclass
+class _Pending:
+    """Decoded images of a batch plus the failures found while reading them."""
+
+    decoded: list[_Decoded]
+    failed: list[FailedSource]
+    skipped: int
+
+
+ItemsAdded = Callable[[np.ndarray, np.ndarray], None]
+CodecFactory = Callable[[int], PQVAECodec]
+
+
+class IngestPipeline:
+    """Adds image files to one collection. Components are passed in so tests can swap them.
+
+    ``on_items_added(ids, codes)`` is called after every committed batch (e.g. to update an
+    in-memory search index).
+    """
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        collection_id: int,
+        encoder: Encoder,
+        codec: PQVAECodec | None,
+        codec_id: int | None,
+        codec_factory: CodecFactory,
+        batch_size: int = 32,
+        bootstrap_size: int = 5000,
+        max_pixels: int = 89_478_485,
+        on_items_added: ItemsAdded | None = None,
+        on_codec_trained: Callable[[PQVAECodec, int], None] | None = None,
+    ) -> None:
+        if (codec is None) != (codec_id is None):
+            raise ValueError("codec and codec_id must be given together")
+        self._sessions = sessions
+        self._collection_id = collection_id
+        self._encoder = encoder
+        self._codec = codec
+        self._codec_id = codec_id
+        self._codec_factory = codec_factory
+        self._batch_size = max(1, batch_size)
+        self._bootstrap_size = max(2, bootstrap_size)
+        self._max_pixels = max_pixels
+        self._on_items_added = on_items_added
+        self._on_codec_trained = on_codec_trained
+        self._buffer: list[tuple[_Decoded, np.ndarray]] = []
+
+    @property
+    def codec(self) -> PQVAECodec | None:
+        return self._codec
+
+    def run(
+        self,
+        sources: Iterable[str | Path] | str | Path,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        progress: bool = True,
+    ) -> IngestReport:
+        """Ingest every image under ``sources``; bad files are reported, never fatal."""
+        started = time.perf_counter()
+        files = list(iter_image_files(sources))
+        report = IngestReport()
+        seen: set[str] = set()
+        bar = tqdm(total=len(files), desc="ingest", unit="img", disable=not progress, dynamic_ncols=True)
+        batches = [files[i : i + self._batch_size] for i in range(0, len(files), self._batch_size)]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="semstore-decode") as pool:
+            # Decode the next batch while the encoder works on the current one.
+            upcoming: Future[_Pending] | None = pool.submit(self._read_batch, batches[0], seen) if batches else None
+            for index in range(len(batches)):
+                assert upcoming is not None
+                pending = upcoming.result()
+                upcoming = pool.submit(self._read_batch, batches[index + 1], seen) if index + 1 < len(batches) else None
+                report.failed.extend(pending.failed)
+                report.skipped += pending.skipped
+                if pending.decoded:
+                    embeddings = self._encoder.encode_images([d.image for d in pending.decoded])
+                    for d in pending.decoded:
+                        d.image = None  # free pixels early
+                    self._accept(pending.decoded, embeddings, metadata, report, progress)
+                bar.update(len(batches[index]))
+                bar.set_postfix(added=report.added, skipped=report.skipped, failed=len(report.failed))
+        if self._buffer:
+            self._train_and_flush(metadata, report, progress)
+        bar.close()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # -- stages ----------------------------------------------------------------------------
+    def _read_batch(self, paths: Sequence[Path], seen: set[str]) -> _Pending:
+        decoded: list[_Decoded] = []
+        failed: list[FailedSource] = []
+        digests: dict[str, tuple[Path, bytes]] = {}
+        skipped = 0
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                failed.append(FailedSource(str(path), f"cannot read file: {exc.strerror or exc}"))
+                continue
+            digest = content_hash(data)
+            if digest in seen or digest in digests:
+                skipped += 1
+                continue
+            digests[digest] = (path, data)
+        with self._sessions() as session:
+            stored = storage.existing_hashes(session, collection_id=self._collection_id, hashes=list(digests))
+        for digest, (path, data) in digests.items():
+            seen.add(digest)
+            if digest in stored:
+                skipped += 1
+                continue
+            try:
+                image = open_image(data, max_pixels=self._max_pixels)
+            except BadImageError as exc:
+                failed.append(FailedSource(str(path), exc.reason))
+                continue
+            decoded.append(_Decoded(str(path), digest, image, image.width, image.height))
+        return _Pending(decoded, failed, skipped)
+
+    def _accept(
+        self,
+        decoded: list[_Decoded],
+        embeddings: np.ndarray,
+        metadata: Mapping[str, Any] | None,
+        report: IngestReport,
+        progress: bool,
+    ) -> None:
+        if self._codec is None:
+            self._buffer.extend(zip(decoded, embeddings))
+            if len(self._buffer) >= self._bootstrap_size:
+                self._train_and_flush(metadata, report, progress)
+            return
+        self._store(decoded, self._codec.encode(embeddings), metadata, report)
+
+    def _train_and_flush(self, metadata: Mapping[str, Any] | None, report: IngestReport, progress: bool) -> None:
+        decoded = [d for d, _ in self._buffer]
+        embeddings = np.stack([e for _, e in self._buffer])
+        self._buffer = []
+        if self._codec is None:
+            if len(decoded) < 2:
+                raise IngestError(
+                    "a new collection needs at least 2 readable images to train its codec; "
+                    "add more images or reuse a trained codec (--codec FILE)"
+                )
+            codec = self._codec_factory(embeddings.shape[1]).fit(embeddings, seed=0, progress=progress)
+            with storage.transaction(self._sessions) as session:
+                collection = storage.get_collection_by_id(session, collection_id=self._collection_id)
+                if collection.codec_id is not None:
+                    # Another process trained first: its codec wins so that codes stay comparable.
+                    row = storage.get_codec(session, codec_id=collection.codec_id)
+                    codec, codec_id = PQVAECodec.from_bytes(row.weights), row.id
+                else:
+                    row = storage.save_codec(
+                        session, content_hash=codec.content_hash, config=codec.config.to_dict(), weights=codec.to_bytes()
+                    )
+                    storage.set_collection_codec(session, collection_id=self._collection_id, codec_id=row.id)
+                    codec_id = row.id
+                    report.codec_trained = True
+                    report.codec_report = codec.report.summary() if codec.report else None
+            self._codec, self._codec_id = codec, codec_id
+            report.codec_hash = codec.content_hash
+            if self._on_codec_trained is not None:
+                self._on_codec_trained(codec, codec_id)
+        assert self._codec is not None
+        self._store(decoded, self._codec.encode(embeddings), metadata, report)
+
+    def _store(
+        self,
+        decoded: list[_Decoded],
+        codes: np.ndarray,
+        metadata: Mapping[str, Any] | None,
+        report: IngestReport,
+    ) -> None:
+        assert self._codec_id is not None
+        packed = storage.pack_codes(codes)
+        items = [
+            storage.NewItem(
+                source_uri=d.source,
+                content_hash=d.digest,
+                codes=row,
+                codec_id=self._codec_id,
+                width=d.width,
+                height=d.height,
+                metadata=dict(metadata) if metadata else None,
+            )
+            for d, row in zip(decoded, packed)
+        ]
+        try:
+            with storage.transaction(self._sessions) as session:
+                ids = storage.add_items(session, collection_id=self._collection_id, items=items)
+        except storage.DuplicateItemError:
+            # A concurrent writer stored some of these meanwhile: keep only the new ones.
+            with self._sessions() as session:
+                stored = storage.existing_hashes(
+                    session, collection_id=self._collection_id, hashes=[i.content_hash for i in items]
+                )
+            keep = [k for k, item in enumerate(items) if item.content_hash not in stored]
+            report.skipped += len(items) - len(keep)
+            items, codes = [items[k] for k in keep], codes[keep]
+            with storage.transaction(self._sessions) as session:
+                ids = storage.add_items(session, collection_id=self._collection_id, items=items)
+        report.added += len(ids)
+        if self._on_items_added is not None and ids:
+            self._on_items_added(np.asarray(ids, dtype=np.int64), codes)

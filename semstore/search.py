@@ -1,0 +1,87 @@
+"""Search results and zero-shot classification over codes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from semstore.codec import PQVAECodec
+
+_CLASSIFY_CHUNK = 65_536
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result: the item id, its score, where it came from and its metadata."""
+
+    id: int
+    score: float
+    source_uri: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    width: int | None = None
+    height: int | None = None
+
+
+def hits_from_rows(rows: Sequence[Any], scores: Sequence[float]) -> list[SearchHit]:
+    """Pair storage rows with scores (same order)."""
+    return [
+        SearchHit(
+            id=int(row.id),
+            score=float(score),
+            source_uri=row.source_uri,
+            metadata=dict(row.metadata_ or {}),
+            width=row.width,
+            height=row.height,
+        )
+        for row, score in zip(rows, scores)
+    ]
+
+
+@dataclass
+class Classification:
+    """Per-item zero-shot labels: ``labels[label_index[i]]`` is item ``ids[i]``'s label."""
+
+    labels: list[str]
+    ids: np.ndarray
+    label_index: np.ndarray
+    scores: np.ndarray
+
+    def counts(self) -> dict[str, int]:
+        """Items per label (every label listed, zero included)."""
+        found = Counter(self.label_index.tolist())
+        return {label: int(found.get(i, 0)) for i, label in enumerate(self.labels)}
+
+    def items(self) -> list[tuple[int, str, float]]:
+        """``(item id, label, cosine score)`` for every item, in id order."""
+        return [
+            (int(i), self.labels[int(j)], float(s)) for i, j, s in zip(self.ids, self.label_index, self.scores)
+        ]
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+
+def classify_codes(
+    codec: PQVAECodec | None,
+    labels: list[str],
+    prompt_embeddings: np.ndarray,
+    ids: np.ndarray,
+    codes: np.ndarray | None,
+) -> Classification:
+    """Label each item by the argmax cosine between its decoded embedding and the prompts."""
+    if codec is None or codes is None or ids.size == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return Classification(labels, empty, empty, np.empty(0, dtype=np.float32))
+    prompts = prompt_embeddings / np.maximum(np.linalg.norm(prompt_embeddings, axis=1, keepdims=True), 1e-12)
+    best = np.empty(ids.size, dtype=np.int64)
+    best_scores = np.empty(ids.size, dtype=np.float32)
+    for start in range(0, ids.size, _CLASSIFY_CHUNK):
+        decoded = codec.decode(codes[start : start + _CLASSIFY_CHUNK])
+        cosines = decoded @ prompts.T
+        best[start : start + _CLASSIFY_CHUNK] = np.argmax(cosines, axis=1)
+        best_scores[start : start + _CLASSIFY_CHUNK] = np.max(cosines, axis=1)
+    return Classification(labels, ids.astype(np.int64), best, best_scores)
