@@ -1,0 +1,5 @@
+"""``python -m semstore.cli``."""
+
+from semstore.cli.app import main
+
+main()

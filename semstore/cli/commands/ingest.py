@@ -1,0 +1,66 @@
+"""The ingest command: image files and folders into a collection."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from semstore.cli.commands._collection import get_or_create
+from semstore.cli.errors import ERROR_EXIT_CODE, CliError
+from semstore.cli.params import (
+    DEFAULT_COLLECTION,
+    CodecOption,
+    CollectionOption,
+    DataDirOption,
+    DbOption,
+    ModelOption,
+    PretrainedOption,
+    build_settings,
+    open_database,
+    parse_pairs,
+)
+from semstore.cli.render import print_table
+
+
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and folders (searched recursively).")],
+    collection: CollectionOption = DEFAULT_COLLECTION,
+    codec: CodecOption = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option("--meta", "-m", help="KEY=VALUE metadata for every added item (repeatable); numbers and true/false are typed."),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per encoder batch.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
+    model: ModelOption = None,
+    pretrained: PretrainedOption = None,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Add images to a collection (created if missing); unchanged files are skipped.
+
+    Unreadable files are listed with the reason and do not fail the run (exit code 0); the exit code is 1 when nothing could be ingested at all.
+    """
+    metadata = parse_pairs(meta, "--meta")
+    # Checked before anything is created, so a typo does not leave an empty collection behind.
+    missing = [str(path) for path in paths if not path.expanduser().exists()]
+    if missing:
+        raise CliError(f"no such file or folder: {', '.join(missing)}")
+    settings = build_settings(db=db, data_dir=data_dir, model=model, pretrained=pretrained, batch_size=batch_size)
+    with open_database(settings) as database:
+        target, created = get_or_create(database, collection, codec=codec)
+        if created:
+            typer.echo(f"created collection {target.name!r} (model {target.model})")
+        report = target.add(paths, metadata=metadata or None, progress=not no_progress)
+    typer.echo(report.summary())
+    if report.failed:
+        print_table(
+            f"{len(report.failed)} file(s) not ingested",
+            ["file", "reason"],
+            [(failure.source, failure.reason) for failure in report.failed],
+        )
+    if report.failed and not report.added and not report.skipped:
+        typer.echo("error: none of the files could be ingested", err=True)
+        raise typer.Exit(ERROR_EXIT_CODE)
+    if not (report.added or report.skipped or report.failed):
+        typer.echo("no image files found")

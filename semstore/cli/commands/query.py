@@ -1,0 +1,126 @@
+"""Read-only queries over a collection: search and zero-shot classify."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from semstore.cli.errors import CliError
+from semstore.cli.params import (
+    DEFAULT_COLLECTION,
+    CollectionOption,
+    DataDirOption,
+    DbOption,
+    JsonOption,
+    build_settings,
+    open_database,
+    parse_pairs,
+)
+from semstore.cli.render import compact, echo_json, print_table
+
+
+def search(
+    text: Annotated[str | None, typer.Argument(help="Text query.", show_default=False)] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Query by an image file.")] = None,
+    item: Annotated[int | None, typer.Option("--item", help="Query by a stored item's id.")] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")] = 10,
+    where: Annotated[
+        list[str] | None,
+        typer.Option("--where", "-w", help="KEY=VALUE metadata filter (repeatable; all must match)."),
+    ] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="Drop hits scoring below this cosine.")] = None,
+    rerank: Annotated[
+        int | None,
+        typer.Option("--rerank", min=0, help="ADC candidates re-scored exactly (0: raw ADC scores), default: the library's."),
+    ] = None,
+    collection: CollectionOption = DEFAULT_COLLECTION,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Find the items nearest to a text, an image (--image) or a stored item (--item).
+
+    JSON output is one object per line: rank, id, score, source, metadata, width, height.
+    """
+    filters = parse_pairs(where, "--where")
+    options: dict[str, object] = {}
+    if rerank is not None:
+        options["rerank"] = rerank or None
+    settings = build_settings(db=db, data_dir=data_dir)
+    with open_database(settings) as database:
+        hits = database.collection(collection).search(
+            text, image=image, item=item, k=k, where=filters or None, min_score=min_score, **options
+        )
+    if json_output:
+        for rank, hit in enumerate(hits, 1):
+            echo_json(
+                {
+                    "rank": rank,
+                    "id": hit.id,
+                    "score": hit.score,
+                    "source": hit.source_uri,
+                    "metadata": hit.metadata,
+                    "width": hit.width,
+                    "height": hit.height,
+                }
+            )
+        return
+    if not hits:
+        typer.echo("no results")
+        return
+    rows = [(rank, f"{hit.score:.4f}", hit.id, hit.source_uri, compact(hit.metadata)) for rank, hit in enumerate(hits, 1)]
+    print_table(None, ["rank", "score", "id", "source", "metadata"], rows, numeric=["rank", "score", "id"])
+
+
+def classify(
+    labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated labels, e.g. cat,dog,car.")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="One label (repeatable).")] = None,
+    template: Annotated[str, typer.Option("--template", help="Prompt for each label; {} is replaced by it.")] = "a photo of a {}.",
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Items listed (0: all).")] = 20,
+    collection: CollectionOption = DEFAULT_COLLECTION,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Zero-shot classification of every item from its codes: per-item labels and counts.
+
+    JSON output is one object: labels, counts, total, and the first --limit items.
+    """
+    names = [part.strip() for part in (labels or "").split(",") if part.strip()]
+    names += [part.strip() for part in label or () if part.strip()]
+    if not names:
+        raise CliError("give labels with --labels a,b,c or repeated --label")
+    if "{}" not in template:
+        raise CliError(f"--template must contain {{}} where the label goes, got {template!r}")
+    try:
+        template.format("label")
+    except (IndexError, KeyError, ValueError) as exc:
+        raise CliError(f"--template {template!r} is not a valid format string: only {{}} may be used ({exc!r})") from exc
+    settings = build_settings(db=db, data_dir=data_dir)
+    with open_database(settings) as database:
+        target = database.collection(collection)
+        result = target.classify(names, template=template)
+        items = result.items()
+        shown = items if limit == 0 else items[:limit]
+        sources = {item_id: target.get(item_id).source_uri for item_id, _, _ in shown}
+    counts = result.counts()
+    if json_output:
+        echo_json(
+            {
+                "labels": result.labels,
+                "counts": counts,
+                "total": len(result),
+                "items": [
+                    {"id": item_id, "label": name, "score": score, "source": sources[item_id]}
+                    for item_id, name, score in shown
+                ],
+            }
+        )
+        return
+    if shown:
+        title = f"first {len(shown)} of {len(items)} items" if len(shown) < len(items) else f"{len(items)} items"
+        rows = [(item_id, name, f"{score:.4f}", sources[item_id]) for item_id, name, score in shown]
+        print_table(title, ["id", "label", "score", "source"], rows, numeric=["id", "score"])
+    total = len(result)
+    count_rows = [(name, count, f"{count / total:.0%}" if total else "-") for name, count in counts.items()]
+    print_table("counts", ["label", "items", "share"], count_rows, numeric=["items", "share"])

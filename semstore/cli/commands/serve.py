@@ -1,0 +1,33 @@
+"""The serve command: the HTTP server (``server.app:create_app``) under uvicorn."""
+
+import os
+from typing import Annotated
+
+import typer
+
+from semstore.cli.params import DataDirOption, DbOption, ModelOption, PretrainedOption, build_settings
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
+    model: ModelOption = None,
+    pretrained: PretrainedOption = None,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Run the HTTP API server."""
+    import uvicorn
+
+    # Validated here so a bad value is one error line, not a failing worker.
+    build_settings(db=db, data_dir=data_dir, model=model, pretrained=pretrained)
+    # The app factory builds its own Settings in the server process: options travel as env vars.
+    for name, value in (
+        ("SEMSTORE_DATABASE_URL", db),
+        ("SEMSTORE_DATA_DIR", data_dir),
+        ("SEMSTORE_MODEL", model),
+        ("SEMSTORE_PRETRAINED", pretrained),
+    ):
+        if value is not None:
+            os.environ[name] = str(value)
+    uvicorn.run("server.app:create_app", factory=True, host=host, port=port)

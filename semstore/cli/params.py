@@ -1,0 +1,140 @@
+"""Options shared by several commands, ``key=value`` parsing, and settings/database set-up.
+
+Every command builds ONE :class:`~semstore.config.Settings` from its options (which override
+the ``SEMSTORE_*`` environment) and hands it to :func:`semstore.connect`.
+"""
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from semstore.cli.errors import CliError
+
+if TYPE_CHECKING:
+    from semstore.config import Settings
+    from semstore.database import Database
+
+_CONNECTION = "Database"
+_MODEL = "Model"
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="SEMSTORE_DATABASE_URL",
+        show_envvar=True,
+        help="SQLAlchemy database URL, e.g. sqlite:///photos.db or postgresql://user@host/db "
+        "(default: a SQLite file in the data directory).",
+        rich_help_panel=_CONNECTION,
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="SEMSTORE_DATA_DIR",
+        show_envvar=True,
+        help="Where the default database and saved indexes live.",
+        rich_help_panel=_CONNECTION,
+    ),
+]
+CollectionOption = Annotated[
+    str,
+    typer.Option("--collection", "-c", envvar="SEMSTORE_COLLECTION", show_envvar=True, help="Collection name."),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        envvar="SEMSTORE_MODEL",
+        show_envvar=True,
+        help="open_clip model for a new collection (default: from settings).",
+        rich_help_panel=_MODEL,
+    ),
+]
+PretrainedOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        envvar="SEMSTORE_PRETRAINED",
+        show_envvar=True,
+        help="open_clip pretrained tag or local checkpoint path for a new collection.",
+        rich_help_panel=_MODEL,
+    ),
+]
+CodecOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--codec",
+        help="A codec file (from `semstore train-codec`) to use for a new collection instead of training one.",
+        rich_help_panel=_MODEL,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+DEFAULT_COLLECTION = "default"
+
+
+def build_settings(
+    *,
+    db: str | None = None,
+    data_dir: Path | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    **overrides: Any,
+) -> "Settings":
+    """Settings from the environment, overridden by every option that was given (not None)."""
+    from semstore.config import get_settings
+
+    given = {"database_url": db, "data_dir": data_dir, "model": model, "pretrained": pretrained, **overrides}
+    return get_settings(**{key: value for key, value in given.items() if value is not None})
+
+
+@contextmanager
+def open_database(settings: "Settings") -> Iterator["Database"]:
+    """Connect (creating and migrating the database if needed); closed on exit."""
+    import semstore
+
+    database = semstore.connect(settings.resolved_database_url(), settings=settings)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def parse_value(text: str) -> str | int | float | bool:
+    """A metadata value from the command line: int, float, true/false, else the string.
+
+    Quote a value (``key='"42"'``) to keep it a string.
+    """
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    # "nan"/"inf" would be legal floats but useless metadata: keep them as text.
+    return number if math.isfinite(number) else text
+
+
+def parse_pairs(pairs: Sequence[str] | None, option: str) -> dict[str, str | int | float | bool]:
+    """``["k=v", ...]`` to a dict with typed values; raises :class:`CliError` on bad syntax."""
+    result: dict[str, str | int | float | bool] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CliError(f"{option} expects KEY=VALUE, got {pair!r}")
+        result[key] = parse_value(value.strip())
+    return result
