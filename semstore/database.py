@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.collection import Collection
 from semstore.config import Settings, get_settings
-from semstore.encoders import Encoder, OpenClipEncoder
+from semstore.encoders import TINY_TEST_MODEL, Encoder, OpenClipEncoder
 
 EncoderFactory = Callable[[str, "str | None"], Encoder]
 
@@ -59,8 +60,8 @@ class Database:
         """
         _check_name(name)
         model = model or self.settings.model
-        if pretrained is None and model == self.settings.model:
-            pretrained = self.settings.pretrained
+        if pretrained is None and model == self.settings.model and model != TINY_TEST_MODEL:
+            pretrained = self.settings.pretrained or None
         if exist_ok:
             try:
                 return self.collection(name)
@@ -106,7 +107,9 @@ class Database:
     def delete_collection(self, name: str) -> None:
         """Delete a collection and all its items."""
         with storage.transaction(self.sessions) as session:
+            doomed = Collection(self, storage.get_collection(session, name=name))
             storage.delete_collection(session, name=name)
+        shutil.rmtree(self.index_directory(doomed), ignore_errors=True)
         with self._lock:
             self._collections.pop(name, None)
 

@@ -230,7 +230,8 @@ class PQVAECodec:
         queries = _as_matrix("Q", Q, self.dim)
         back = queries @ params["inverse_transform"]  # T^{-1} is symmetric
         sub = np.einsum("nD,mDd->nmd", back, params["blocks"], optimize=True)
-        return np.ascontiguousarray(sub.reshape(queries.shape[0], -1), dtype=np.float32)
+        width = self.num_subvectors * params["codebook"].shape[1]
+        return np.ascontiguousarray(sub.reshape(queries.shape[0], width), dtype=np.float32)
 
     def query_offset(self, Q: Any) -> np.ndarray:
         """The part of every ADC score that does not depend on the item: ``<q, mu>``, (n,)."""

@@ -9,9 +9,6 @@ of the *stage codebook* ``B`` of shape (M, K, D)). A vector is reconstructed as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
 _CHUNK = 2048
@@ -46,63 +43,42 @@ def beam_encode(
     code sequences survive to the next stage. ``beam_size=1`` is greedy residual encoding.
     Projecting first costs D*d + d*K multiply-adds per stage instead of D*K.
     """
-    import torch
-
     books = stage_codebooks(codebook, blocks) if stage_books is None else stage_books
-    m_count, k_count, dim = books.shape
-    tensors = _EncodeTensors(
-        codebook_t=torch.from_numpy(np.ascontiguousarray(codebook.T, dtype=np.float32)),
-        blocks=torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.float32)),
-        books=torch.from_numpy(np.ascontiguousarray(books, dtype=np.float32)),
-        norms=torch.from_numpy(np.einsum("mkD,mkD->mk", books, books).astype(np.float32)),
-    )
-    out = np.empty((targets.shape[0], m_count), dtype=np.int64)
-    with torch.inference_mode():
-        for start in range(0, targets.shape[0], _CHUNK):
-            chunk = torch.from_numpy(np.ascontiguousarray(targets[start : start + _CHUNK], dtype=np.float32))
-            out[start : start + _CHUNK] = _beam_chunk(chunk, tensors, beam_size).numpy()
+    norms = np.einsum("mkD,mkD->mk", books, books)
+    codebook_t = np.ascontiguousarray(codebook.T, dtype=np.float32)
+    out = np.empty((targets.shape[0], books.shape[0]), dtype=np.int64)
+    for start in range(0, targets.shape[0], _CHUNK):
+        chunk = np.ascontiguousarray(targets[start : start + _CHUNK], dtype=np.float32)
+        out[start : start + _CHUNK] = _beam_chunk(chunk, codebook_t, blocks, books, norms, beam_size)
     return out
 
 
-@dataclass
-class _EncodeTensors:
-    codebook_t: Any  # (d, K)
-    blocks: Any  # (M, D, d)
-    books: Any  # (M, K, D)
-    norms: Any  # (M, K)
-
-
-def _beam_chunk(y: Any, t: _EncodeTensors, beam_size: int) -> Any:
-    import torch
-
+def _beam_chunk(
+    y: np.ndarray, codebook_t: np.ndarray, blocks: np.ndarray, books: np.ndarray, norms: np.ndarray, beam_size: int
+) -> np.ndarray:
     n, dim = y.shape
-    m_count, k_count, _ = t.books.shape
-    rows = torch.arange(n)[:, None]
-    residuals = y[:, None, :].clone()  # (n, beams, D)
-    errors = (y * y).sum(1, keepdim=True)  # (n, beams)
-    history = torch.zeros((n, 1, m_count), dtype=torch.int64)
+    m_count, k_count, _ = books.shape
+    rows = np.arange(n)[:, None]
+    residuals = y.copy()  # (n * beams, D), beam-major within each vector
+    errors = np.einsum("nD,nD->n", y, y)[:, None]  # (n, beams)
+    history = np.zeros((n, 1, m_count), dtype=np.int64)
     for m in range(m_count):
-        beams = residuals.shape[1]
-        projected = residuals.reshape(n * beams, dim) @ t.blocks[m]
-        dots = (projected @ t.codebook_t).view(n, beams, k_count)
-        cand = (errors[:, :, None] - 2.0 * dots + t.norms[m]).reshape(n, beams * k_count)
+        beams = errors.shape[1]
+        # 2-D products so that numpy hands one large GEMM to BLAS.
+        dots = ((residuals @ blocks[m]) @ codebook_t).reshape(n, beams * k_count)
+        cand = np.repeat(errors, k_count, axis=1) - 2.0 * dots + np.tile(norms[m], beams)
         keep = min(beam_size, cand.shape[1])
         if keep == 1:
-            errors, best = torch.min(cand, dim=1, keepdim=True)
+            best = np.argmin(cand, axis=1)[:, None]
         else:
-            errors, best = torch.topk(cand, keep, dim=1, largest=False, sorted=False)
-        parent = torch.div(best, k_count, rounding_mode="floor")
-        code = best - parent * k_count
-        if beams > 1:
-            residuals = residuals[rows, parent]
-            history = history[rows, parent]
-        else:
-            history = history.expand(n, keep, m_count).clone()
-            residuals = residuals.expand(n, keep, dim)
-        residuals = residuals - t.books[m][code]
+            best = np.argpartition(cand, keep - 1, axis=1)[:, :keep]
+        errors = np.take_along_axis(cand, best, axis=1)
+        parent, code = np.divmod(best, k_count)
+        source = (rows * beams + parent).reshape(-1)
+        residuals = residuals[source] - books[m][code.reshape(-1)]
+        history = history[rows, parent]
         history[:, :, m] = code
-    winner = torch.argmin(errors, dim=1)
-    return history[torch.arange(n), winner]
+    return history[np.arange(n), np.argmin(errors, axis=1)]
 
 
 def update_stage_books(
