@@ -6,10 +6,13 @@ the CLI and the HTTP server call exactly these methods.
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,8 +20,8 @@ import numpy as np
 from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.index import ADCIndex, IndexVersion
-from semstore.ingest.images import open_image
-from semstore.ingest.pipeline import IngestPipeline, IngestReport
+from semstore.ingest.images import IMAGE_EXTENSIONS, content_hash, open_image
+from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
 from semstore.search import Classification, SearchHit, classify_codes, hits_from_rows
 
 if TYPE_CHECKING:
@@ -31,6 +34,18 @@ DEFAULT_RERANK = 100
 
 class QueryError(ValueError):
     """A search request is malformed (no query, two queries, unknown item, ...)."""
+
+
+class SourceUnavailableError(LookupError):
+    """An item's original image cannot be read (not a local file, missing, or changed since ingest)."""
+
+
+#: Scheme of the source URIs of images added as bytes: ``upload://<sha256>/<file name>``.
+UPLOAD_SCHEME = "upload://"
+
+_UPLOAD_URI = re.compile(r"^upload://([0-9a-f]{64})/(.*)$", re.DOTALL)
+_UNSAFE_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_NAME_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,11 @@ class Collection:
             self._index_version = version
             return self._index
 
+    @property
+    def loaded_index(self) -> ADCIndex | None:
+        """The index if it is already in memory (never builds or loads one)."""
+        return self._index
+
     # -- writing -------------------------------------------------------------------------
     def add(
         self,
@@ -120,34 +140,59 @@ class Collection:
         Returns an :class:`IngestReport` with counts added / skipped and failures with reasons.
         """
         with self._lock:
-            index = self.index
-            pipeline = IngestPipeline(
-                sessions=self._db.sessions,
-                collection_id=self.id,
-                encoder=self.encoder,
-                codec=self.codec,
-                codec_id=self._codec_id if self._codec is not None else None,
-                codec_factory=self._db.new_codec,
-                batch_size=self._db.settings.batch_size,
-                bootstrap_size=self._db.settings.codec_bootstrap_size,
-                max_pixels=self._db.settings.max_image_pixels,
-                on_items_added=self._index_added if index is not None else None,
-                on_codec_trained=self._codec_trained,
-            )
+            pipeline = self._pipeline(self.index)
             try:
                 return pipeline.run(sources, metadata=metadata, progress=progress)
             finally:
                 self._sync_after_write(save=True)
 
+    def add_images(
+        self,
+        images: Sequence[tuple[str, bytes]],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        keep_originals: bool = True,
+    ) -> IngestReport:
+        """Ingest images given as ``(file name, bytes)`` pairs (e.g. HTTP uploads).
+
+        They go through the same pipeline as files; each is stored with the source URI
+        ``upload://<sha256>/<file name>`` (see :func:`upload_uri`). With ``keep_originals``
+        the bytes of every stored image are kept in the collection's upload folder
+        (``settings.upload_directory(name)``) so that :meth:`source_bytes` can read them.
+        """
+        sources = [BytesSource(upload_uri(name, data), bytes(data)) for name, data in images]
+        with self._lock:
+            created: list[Path] = []
+            if keep_originals:
+                for source in sources:
+                    path = self._upload_path(source.uri)
+                    if path is not None and not path.exists():
+                        _write_atomically(path, source.data)
+                        created.append(path)
+            index = self.index
+            pipeline = self._pipeline(index)
+            try:
+                report = pipeline.run_bytes(sources, metadata=metadata, progress=False)
+            except BaseException:
+                _unlink_all(created)
+                raise
+            finally:
+                self._sync_after_write(save=True)
+            unused = {self._upload_path(failure.source) for failure in report.failed}
+            _unlink_all([path for path in created if path in unused])
+            return report
+
     def delete(self, ids: Sequence[int]) -> int:
-        """Delete items by id; returns how many existed."""
+        """Delete items by id (and the kept originals of uploaded ones); returns how many existed."""
         wanted = [int(i) for i in ids]
         with self._lock:
             with storage.transaction(self._db.sessions) as session:
+                uris = [row.source_uri for row in storage.get_items(session, collection_id=self.id, ids=wanted)]
                 removed = storage.delete_items(session, collection_id=self.id, ids=wanted)
             if self._index is not None:
                 self._index.remove(np.asarray(wanted, dtype=np.int64))
             self._sync_after_write(save=False)
+            _unlink_all([path for path in map(self._upload_path, uris) if path is not None])
         return removed
 
     def update_metadata(self, item_id: int, metadata: Mapping[str, Any], *, replace: bool = False) -> dict[str, Any]:
@@ -164,6 +209,30 @@ class Collection:
         with self._db.sessions() as session:
             item = storage.get_item(session, collection_id=self.id, item_id=item_id)
             return hits_from_rows([item], [float("nan")])[0]
+
+    def source_bytes(self, item_id: int, *, max_bytes: int | None = None) -> bytes:
+        """The original image bytes of an item, checked against the content hash stored at ingest.
+
+        Only the item's own source is read: its file path, or the kept original of an
+        upload. Raises :class:`SourceUnavailableError` when that source is not a local
+        file, is missing, is larger than ``max_bytes``, or no longer has the same content.
+        """
+        with self._db.sessions() as session:
+            item = storage.get_item(session, collection_id=self.id, item_id=item_id)
+            uri, expected = item.source_uri, item.content_hash
+        path = self._upload_path(uri) if uri.startswith(UPLOAD_SCHEME) else Path(uri)
+        if path is None or not path.is_absolute():
+            raise SourceUnavailableError(f"item {item_id} has no readable source ({uri!r})")
+        try:
+            with path.open("rb") as handle:
+                data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise SourceUnavailableError(f"the source of item {item_id} cannot be read: {exc.strerror or exc}") from exc
+        if max_bytes is not None and len(data) > max_bytes:
+            raise SourceUnavailableError(f"the source of item {item_id} is larger than {max_bytes} bytes")
+        if content_hash(data) != expected:
+            raise SourceUnavailableError(f"the source of item {item_id} changed since it was ingested")
+        return data
 
     def codes(self, item_id: int) -> np.ndarray:
         """The stored codes of one item, shape (num_subvectors,)."""
@@ -285,6 +354,32 @@ class Collection:
         )
 
     # -- internals -----------------------------------------------------------------------
+    def _pipeline(self, index: ADCIndex | None) -> IngestPipeline:
+        settings = self._db.settings
+        return IngestPipeline(
+            sessions=self._db.sessions,
+            collection_id=self.id,
+            encoder=self.encoder,
+            codec=self.codec,
+            codec_id=self._codec_id if self._codec is not None else None,
+            codec_factory=self._db.new_codec,
+            batch_size=settings.batch_size,
+            bootstrap_size=settings.codec_bootstrap_size,
+            max_pixels=settings.max_image_pixels,
+            on_items_added=self._index_added if index is not None else None,
+            on_codec_trained=self._codec_trained,
+        )
+
+    def _upload_path(self, uri: str) -> Path | None:
+        """Where the kept original of an ``upload://`` URI lives (None for other URIs)."""
+        match = _UPLOAD_URI.match(uri)
+        if match is None:
+            return None
+        digest, name = match.groups()
+        suffix = PurePosixPath(name).suffix.lower()
+        suffix = suffix if suffix in IMAGE_EXTENSIONS else ""
+        return self._db.settings.upload_directory(self.name) / f"{digest}{suffix}"
+
     def _require_codec(self) -> PQVAECodec:
         codec = self.codec
         if codec is None:
@@ -332,3 +427,31 @@ class Collection:
             current = self.index
             if current is not None:
                 current.save(self._db.index_directory(self), self._index_version)
+
+
+def upload_uri(name: str, data: bytes) -> str:
+    """The source URI of an image added as bytes: ``upload://<sha256 of data>/<base name>``.
+
+    Only the last component of ``name`` is kept (no client path), without control
+    characters and cut to 200 characters; an empty name becomes ``image``.
+    """
+    base = PurePosixPath(name.replace("\\", "/")).name
+    base = _UNSAFE_NAME_CHARS.sub("", base)[:_MAX_NAME_CHARS] or "image"
+    return f"{UPLOAD_SCHEME}{content_hash(data)}/{base}"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _unlink_all(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

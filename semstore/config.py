@@ -35,13 +35,34 @@ class Settings(BaseSettings):
     codec_num_subvectors: int = Field(default=16, ge=1)
     codec_codebook_size: int = Field(default=256, ge=2, le=65536)
 
-    max_image_pixels: int = Field(default=89_478_485, description="Images above this many pixels are rejected (decompression bombs).")
+    max_image_pixels: int = Field(default=89_478_485, ge=1, description="Images above this many pixels are rejected (decompression bombs).")
+
+    # -- HTTP server -------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Interface the HTTP server listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port of the HTTP server.")
+    api_keys_disabled: bool = Field(
+        default=False,
+        description="Serve without API keys (local use only: refused unless the host is a loopback address).",
+    )
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest accepted request body (413 above).")
+    max_images_per_request: int = Field(default=64, ge=1, description="Most images in one upload request.")
+    max_page_size: int = Field(default=1000, ge=1, description="Largest k / page size a request may ask for.")
+    rate_limit_per_minute: int = Field(default=600, ge=0, description="Requests per minute per API key (0: unlimited).")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (none by default).")
+    allowed_ingest_roots: list[Path] = Field(
+        default_factory=list, description="Folders whose images the server may ingest by path (none by default)."
+    )
+    inference_concurrency: int = Field(default=2, ge=1, description="Encoder/ingest jobs the server runs at once.")
 
     def resolved_database_url(self) -> str:
         """The database URL to use: the explicit one, or a SQLite file in ``data_dir``."""
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir.expanduser() / 'semstore.db'}"
+
+    def upload_directory(self, collection: str) -> Path:
+        """Where the server keeps the uploaded originals of a collection (for thumbnails)."""
+        return self.data_dir.expanduser() / "uploads" / collection
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -105,11 +105,12 @@ class Database:
         return [self.collection(name) for name in sorted(names)]
 
     def delete_collection(self, name: str) -> None:
-        """Delete a collection and all its items."""
+        """Delete a collection, all its items, its saved index and the kept originals of its uploads."""
         with storage.transaction(self.sessions) as session:
             doomed = Collection(self, storage.get_collection(session, name=name))
             storage.delete_collection(session, name=name)
         shutil.rmtree(self.index_directory(doomed), ignore_errors=True)
+        shutil.rmtree(self.settings.upload_directory(name), ignore_errors=True)
         with self._lock:
             self._collections.pop(name, None)
 

@@ -1,12 +1,13 @@
 """Ingest: image files -> embeddings -> codes -> database, resumable and fault tolerant."""
 
 from semstore.ingest.images import IMAGE_EXTENSIONS, BadImageError, content_hash, open_image
-from semstore.ingest.pipeline import FailedSource, IngestError, IngestPipeline, IngestReport
+from semstore.ingest.pipeline import BytesSource, FailedSource, IngestError, IngestPipeline, IngestReport
 from semstore.ingest.sources import SourceNotFoundError, iter_image_files
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "BadImageError",
+    "BytesSource",
     "FailedSource",
     "IngestError",
     "IngestPipeline",

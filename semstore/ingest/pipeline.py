@@ -32,6 +32,14 @@ class IngestError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class BytesSource:
+    """An image given as bytes (e.g. an HTTP upload) rather than a file; stored as ``uri``."""
+
+    uri: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class FailedSource:
     """A source that was skipped, and why."""
 
@@ -46,6 +54,8 @@ class IngestReport:
     added: int = 0
     skipped: int = 0
     failed: list[FailedSource] = field(default_factory=list)
+    #: ``(source, new item id)`` of every added item, in the order they were stored.
+    added_items: list[tuple[str, int]] = field(default_factory=list)
     seconds: float = 0.0
     codec_trained: bool = False
     codec_hash: str | None = None
@@ -133,8 +143,22 @@ class IngestPipeline:
         progress: bool = True,
     ) -> IngestReport:
         """Ingest every image under ``sources``; bad files are reported, never fatal."""
+        return self._run(list(iter_image_files(sources)), metadata, progress)
+
+    def run_bytes(
+        self,
+        sources: Sequence[BytesSource],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        progress: bool = False,
+    ) -> IngestReport:
+        """Ingest images given as bytes, exactly like files (dedup, bad images reported)."""
+        return self._run(list(sources), metadata, progress)
+
+    def _run(
+        self, files: list[Path | BytesSource], metadata: Mapping[str, Any] | None, progress: bool
+    ) -> IngestReport:
         started = time.perf_counter()
-        files = list(iter_image_files(sources))
         report = IngestReport()
         seen: set[str] = set()
         bar = tqdm(total=len(files), desc="ingest", unit="img", disable=not progress, dynamic_ncols=True)
@@ -162,25 +186,29 @@ class IngestPipeline:
         return report
 
     # -- stages ----------------------------------------------------------------------------
-    def _read_batch(self, paths: Sequence[Path], seen: set[str]) -> _Pending:
+    def _read_batch(self, paths: Sequence[Path | BytesSource], seen: set[str]) -> _Pending:
         decoded: list[_Decoded] = []
         failed: list[FailedSource] = []
-        digests: dict[str, tuple[Path, bytes]] = {}
+        digests: dict[str, tuple[str, bytes]] = {}
         skipped = 0
         for path in paths:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                failed.append(FailedSource(str(path), f"cannot read file: {exc.strerror or exc}"))
-                continue
+            if isinstance(path, BytesSource):
+                name, data = path.uri, path.data
+            else:
+                name = str(path)
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    failed.append(FailedSource(name, f"cannot read file: {exc.strerror or exc}"))
+                    continue
             digest = content_hash(data)
             if digest in seen or digest in digests:
                 skipped += 1
                 continue
-            digests[digest] = (path, data)
+            digests[digest] = (name, data)
         with self._sessions() as session:
             stored = storage.existing_hashes(session, collection_id=self._collection_id, hashes=list(digests))
-        for digest, (path, data) in digests.items():
+        for digest, (name, data) in digests.items():
             seen.add(digest)
             if digest in stored:
                 skipped += 1
@@ -188,9 +216,9 @@ class IngestPipeline:
             try:
                 image = open_image(data, max_pixels=self._max_pixels)
             except BadImageError as exc:
-                failed.append(FailedSource(str(path), exc.reason))
+                failed.append(FailedSource(name, exc.reason))
                 continue
-            decoded.append(_Decoded(str(path), digest, image, image.width, image.height))
+            decoded.append(_Decoded(name, digest, image, image.width, image.height))
         return _Pending(decoded, failed, skipped)
 
     def _accept(
@@ -276,5 +304,6 @@ class IngestPipeline:
             with storage.transaction(self._sessions) as session:
                 ids = storage.add_items(session, collection_id=self._collection_id, items=items)
         report.added += len(ids)
+        report.added_items.extend((item.source_uri, int(i)) for item, i in zip(items, ids))
         if self._on_items_added is not None and ids:
             self._on_items_added(np.asarray(ids, dtype=np.int64), codes)

@@ -1,0 +1,27 @@
+"""Small JPEG previews of stored images (for the search page)."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from semstore.ingest.images import open_image
+
+#: Largest edge a thumbnail may be asked for.
+MAX_THUMBNAIL_SIZE = 1024
+
+
+def make_thumbnail(data: bytes, *, size: int, max_pixels: int, quality: int = 85) -> bytes:
+    """A JPEG of the image in ``data`` fitting in ``size`` x ``size`` (never enlarged).
+
+    Decoding goes through :func:`semstore.ingest.open_image` (same format allow-list and
+    pixel limit as ingest); raises its ``BadImageError`` for an unreadable image.
+    """
+    if not 1 <= size <= MAX_THUMBNAIL_SIZE:
+        raise ValueError(f"thumbnail size must be within 1..{MAX_THUMBNAIL_SIZE}, got {size}")
+    image = open_image(data, max_pixels=max_pixels)
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality, optimize=True)
+    return out.getvalue()
