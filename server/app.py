@@ -1,74 +1,112 @@
-"""FastAPI application factory (run with ``uvicorn --factory server.app:create_app``).
+"""FastAPI application factory (``uvicorn --factory server.app:create_app``, or ``semstore serve``).
 
-For now the app only reports its health; the API routers come with the server issue.
+One :class:`~semstore.database.Database` per app, connected on first use and shared by
+every request; encoder work and ingest run in worker threads, at most
+``settings.inference_concurrency`` at a time, never on the event loop.
 """
 
 from __future__ import annotations
 
-import threading
+import ipaddress
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import anyio
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from server import routers
+from server.auth import AuthMiddleware
+from server.errors import install_error_handlers
+from server.limits import BodySizeLimitMiddleware
+from server.metrics import MetricsMiddleware
+from server.routers.page import STATIC_DIR
+from server.state import AppState
 
 if TYPE_CHECKING:
     from semstore.config import Settings
-    from semstore.database import Database
+    from semstore.database import EncoderFactory
+
+logger = logging.getLogger("semstore.server")
 
 
-class DatabaseHolder:
-    """Connects to the database on first use (so the app starts even while it is down)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._database: Database | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Database:
-        """The connected (and migrated) database."""
-        with self._lock:
-            if self._database is None:
-                import semstore
-
-                self._database = semstore.connect(self.settings.resolved_database_url(), settings=self.settings)
-            return self._database
-
-    def close(self) -> None:
-        with self._lock:
-            if self._database is not None:
-                self._database.close()
-                self._database = None
+class InsecureSettingsError(ValueError):
+    """The settings would expose an unauthenticated API beyond the local machine."""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The application; ``settings`` default to :func:`semstore.config.get_settings` (env vars)."""
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse ``api_keys_disabled`` unless the server is bound to a loopback address."""
+    if settings.api_keys_disabled and not is_loopback(settings.host):
+        raise InsecureSettingsError(
+            f"api_keys_disabled is only allowed on a loopback address, not on host {settings.host!r}: "
+            "create keys with `semstore keys create` instead"
+        )
+
+
+def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory | None = None) -> FastAPI:
+    """The application; ``settings`` default to :func:`semstore.config.get_settings` (env vars).
+
+    ``encoder_factory(model, pretrained)`` replaces the default open_clip encoders (tests).
+    Raises :class:`InsecureSettingsError` for keys disabled on a non-loopback host.
+    """
     from semstore import __version__
     from semstore.config import get_settings
 
-    holder = DatabaseHolder(settings or get_settings())
+    settings = settings or get_settings()
+    check_settings(settings)
+    state = AppState.build(settings, encoder_factory)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        holder.close()
-
-    app = FastAPI(title="semstore", version=__version__, lifespan=lifespan)
-    app.state.settings = holder.settings
-    app.state.database = holder
-
-    @app.get("/health", tags=["health"])
-    def health() -> JSONResponse:
-        """``{"status": "ok", "database": "ok"}``, or 503 with the database error."""
-        from sqlalchemy import text
-
+        # Loading the indexes before the first request makes /health's readiness meaningful.
+        ready = await anyio.to_thread.run_sync(state.warmup.run)
+        if not ready:
+            logger.warning("indexes not loaded at startup: %s", state.warmup.error)
         try:
-            with holder.get().engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except Exception as exc:  # any failure to reach the database means "not healthy"
-            message = " ".join(str(getattr(exc, "orig", None) or exc).split())
-            return JSONResponse({"status": "error", "database": message}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
+            yield
+        finally:
+            state.database.close()
 
+    app = FastAPI(
+        title="semstore",
+        version=__version__,
+        description="Compressed semantic image search: CLIP embeddings stored as PQ-VAE codes. "
+        "Every route but /health needs `Authorization: Bearer <key>` (keys: `semstore keys create`).",
+        lifespan=lifespan,
+    )
+    app.state.semstore = state
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    app.include_router(routers.system.router)
+    app.include_router(routers.collections.router)
+    app.include_router(routers.items.router)
+    app.include_router(routers.search.router)
+    app.include_router(routers.page.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    # Added innermost first: CORS sees everything, auth runs before any body is read.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(AuthMiddleware, state=state)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     return app

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from semstore.cli.commands import codec, collections, ingest, query, serve
+from semstore.cli.commands import codec, collections, ingest, keys, query, serve
 from semstore.cli.errors import ErrorHandlingGroup
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("collections")(collections.collections)
 app.command("delete-collection")(collections.delete_collection)
 app.command("train-codec")(codec.train_codec)
 app.command("serve")(serve.serve)
+app.add_typer(keys.app, name="keys")
 
 
 def _show_version(value: bool) -> None:

@@ -9,25 +9,34 @@ from semstore.cli.params import DataDirOption, DbOption, ModelOption, Pretrained
 
 
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface to listen on (default: SEMSTORE_HOST or 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=0, max=65535, help="TCP port, 0: any free port (default: SEMSTORE_PORT or 8000).")
+    ] = None,
     model: ModelOption = None,
     pretrained: PretrainedOption = None,
     db: DbOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Run the HTTP API server."""
+    """Run the HTTP API server and the search page (API keys: `semstore keys create`)."""
     import uvicorn
 
+    from server.app import check_settings
+
     # Validated here so a bad value is one error line, not a failing worker.
-    build_settings(db=db, data_dir=data_dir, model=model, pretrained=pretrained)
+    settings = build_settings(db=db, data_dir=data_dir, model=model, pretrained=pretrained, host=host, port=port)
+    check_settings(settings)
     # The app factory builds its own Settings in the server process: options travel as env vars.
     for name, value in (
         ("SEMSTORE_DATABASE_URL", db),
         ("SEMSTORE_DATA_DIR", data_dir),
         ("SEMSTORE_MODEL", model),
         ("SEMSTORE_PRETRAINED", pretrained),
+        ("SEMSTORE_HOST", settings.host),
+        ("SEMSTORE_PORT", settings.port),
     ):
         if value is not None:
             os.environ[name] = str(value)
-    uvicorn.run("server.app:create_app", factory=True, host=host, port=port)
+    uvicorn.run("server.app:create_app", factory=True, host=settings.host, port=settings.port)

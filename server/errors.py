@@ -1,0 +1,161 @@
+"""One error shape for every 4xx and 5xx: ``{"error": {"code", "message", "detail"}}``.
+
+Library exceptions are mapped to status codes here, so routes just call the library and
+let its typed errors propagate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("semstore.server")
+
+_STATUS_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ErrorBody(BaseModel):
+    """What went wrong: a stable machine ``code``, a human ``message`` and optional ``detail``."""
+
+    code: str = Field(examples=["collection_not_found"])
+    message: str
+    detail: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorBody
+
+
+class ApiError(StarletteHTTPException):
+    """An error answered with the common shape; raise it from routes and dependencies."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=message, headers=headers)
+        self.code = code
+        self.message = message
+        self.error_detail = detail
+
+
+def error_payload(code: str, message: str, detail: Any = None) -> dict[str, Any]:
+    """The JSON document of an error response."""
+    return {"error": {"code": code, "message": message, "detail": detail}}
+
+
+def error_response(status_code: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A ready error response (for middleware, which runs outside the exception handlers)."""
+    return JSONResponse(error_payload(code, message, detail), status_code=status_code, headers=headers)
+
+
+def _library_errors() -> list[tuple[type[BaseException], int, str]]:
+    """``(exception class, status, code)`` for the library's typed errors."""
+    from semstore.collection import QueryError, SourceUnavailableError
+    from semstore.encoders import EncoderError
+    from semstore.ingest import BadImageError, IngestError
+    from semstore.ingest.roots import PathNotAllowedError
+    from semstore.storage import (
+        ApiKeyExistsError,
+        CodecNotFoundError,
+        CollectionExistsError,
+        CollectionNotFoundError,
+        ItemNotFoundError,
+    )
+    from semstore.transfer import TransferError
+
+    return [
+        (CollectionNotFoundError, 404, "collection_not_found"),
+        (ItemNotFoundError, 404, "item_not_found"),
+        (CodecNotFoundError, 404, "codec_not_found"),
+        (SourceUnavailableError, 404, "source_unavailable"),
+        (CollectionExistsError, 409, "collection_exists"),
+        (ApiKeyExistsError, 409, "api_key_exists"),
+        (QueryError, 400, "bad_query"),
+        (PathNotAllowedError, 400, "path_not_allowed"),
+        (TransferError, 400, "bad_archive"),
+        (BadImageError, 422, "bad_image"),
+        (IngestError, 422, "ingest_failed"),
+        (EncoderError, 422, "model_unavailable"),
+    ]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error, from routing to validation to library exceptions, use the common shape."""
+
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc, ApiError):
+            return error_response(exc.status_code, exc.code, exc.message, exc.error_detail, exc.headers)
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, None, exc.headers)
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = [
+            {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+            for error in exc.errors()
+        ]
+        summary = "; ".join(f"{'.'.join(p['loc'])}: {p['msg']}" for p in problems[:5])
+        return error_response(422, "validation_error", f"invalid request: {summary}", problems)
+
+    def library_error(status_code: int, code: str):  # noqa: ANN202 - a handler factory
+        async def handler(_request: Request, exc: Exception) -> JSONResponse:
+            return error_response(status_code, code, " ".join((str(exc) or type(exc).__name__).split()))
+
+        return handler
+
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal_error", "internal server error")
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    for exc_class, status_code, code in _library_errors():
+        app.add_exception_handler(exc_class, library_error(status_code, code))
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+#: Error responses documented on every API route (the OpenAPI schema lists what may come back).
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Bad request",
+        401: "Missing, malformed, unknown or revoked API key",
+        403: "The API key's scope does not allow this",
+        404: "Not found",
+        409: "Conflict",
+        413: "Request body or image count too large",
+        422: "Invalid request or unprocessable image",
+        429: "Rate limit exceeded (see Retry-After)",
+        500: "Internal error",
+    }.items()
+}

@@ -1,0 +1,103 @@
+"""Search by text, by an uploaded image or by a stored item; zero-shot classification."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, Any
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, File, Form, UploadFile
+
+from semstore.collection import Collection, QueryError
+from server.deps import CollectionDep, ReadAccess, StateDep
+from server.errors import COMMON_ERRORS
+from server.schemas import (
+    ClassifyOut,
+    ClassifyRequest,
+    Hit,
+    LabelledItem,
+    SearchOptions,
+    SearchOut,
+    SearchRequest,
+    Timing,
+)
+from server.uploads import check_page_size, parse_where_field, read_uploads
+
+router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], responses=COMMON_ERRORS)
+
+
+@router.post("/search", dependencies=[ReadAccess])
+async def search(collection: CollectionDep, state: StateDep, body: SearchRequest) -> SearchOut:
+    """Top-k items for a ``text`` query or a stored item (``item_id``: "more like this")."""
+    check_page_size("k", body.k, state.settings.max_page_size)
+    if (body.text is None) == (body.item_id is None):
+        raise QueryError("give exactly one of text or item_id")
+    if body.text is not None:
+        embed, kind = partial(collection.embed_query, text=body.text), "text"
+    else:
+        embed, kind = partial(collection.embed_query, item=body.item_id), "item"
+    return await anyio.to_thread.run_sync(partial(_search, collection, embed, body, kind), limiter=state.inference)
+
+
+@router.post("/search/image", dependencies=[ReadAccess])
+async def search_by_image(
+    collection: CollectionDep,
+    state: StateDep,
+    image: Annotated[UploadFile, File(description="The query image.")],
+    k: Annotated[int, Form(ge=1)] = 10,
+    min_score: Annotated[float | None, Form(allow_inf_nan=False)] = None,
+    where: Annotated[str | None, Form(description="JSON object: metadata every hit must have.")] = None,
+    rerank: Annotated[int, Form(ge=0, le=10_000)] = 100,
+) -> SearchOut:
+    """Top-k items for an uploaded image (same options as the JSON search, as form fields)."""
+    check_page_size("k", k, state.settings.max_page_size)
+    options = SearchOptions(k=k, min_score=min_score, where=parse_where_field(where), rerank=rerank)
+    ((_, data),) = await read_uploads([image], 1)
+    embed = partial(collection.embed_query, image=data)
+    return await anyio.to_thread.run_sync(partial(_search, collection, embed, options, "image"), limiter=state.inference)
+
+
+def _search(collection: Collection, embed: Callable[[], np.ndarray], options: SearchOptions, kind: Any) -> SearchOut:
+    started = time.perf_counter()
+    query = embed()
+    embedded = time.perf_counter()
+    hits = collection.search_vector(
+        query, k=options.k, where=options.where, min_score=options.min_score, rerank=options.rerank or None
+    )
+    done = time.perf_counter()
+    return SearchOut(
+        hits=[
+            Hit(id=h.id, score=h.score, source_uri=h.source_uri, metadata=h.metadata, width=h.width, height=h.height)
+            for h in hits
+        ],
+        query=kind,
+        timing=Timing(
+            embed_ms=round((embedded - started) * 1000, 3),
+            search_ms=round((done - embedded) * 1000, 3),
+            total_ms=round((done - started) * 1000, 3),
+        ),
+    )
+
+
+@router.post("/classify", dependencies=[ReadAccess], tags=["classify"])
+async def classify(collection: CollectionDep, state: StateDep, body: ClassifyRequest) -> ClassifyOut:
+    """Zero-shot label of every item from its codes alone: a page of items and the count per label."""
+    check_page_size("limit", body.limit, state.settings.max_page_size)
+    result = await anyio.to_thread.run_sync(
+        partial(collection.classify, body.labels, template=body.template), limiter=state.inference
+    )
+    page = slice(body.offset, body.offset + body.limit)
+    ids, labels, scores = result.ids[page], result.label_index[page], result.scores[page]
+    return ClassifyOut(
+        labels=result.labels,
+        counts=result.counts(),
+        total=len(result),
+        offset=body.offset,
+        limit=body.limit,
+        items=[
+            LabelledItem(id=int(i), label=result.labels[int(j)], score=float(s)) for i, j, s in zip(ids, labels, scores)
+        ],
+    )

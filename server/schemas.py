@@ -1,0 +1,242 @@
+"""Request and response models of the JSON API."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from server.deps import MAX_ID, NAME_PATTERN
+
+# -- shared value types ---------------------------------------------------------------------------
+
+_INT64 = 2**63
+
+
+def _check_json(value: Any, depth: int = 0) -> Any:
+    """Finite numbers, no NUL characters (PostgreSQL's JSONB refuses them), bounded nesting."""
+    if depth > 16:
+        raise ValueError("metadata is nested too deeply (16 levels at most)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("metadata numbers must be finite")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("metadata strings cannot contain NUL characters")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, depth + 1)
+            _check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+    return value
+
+
+Metadata = Annotated[dict[str, JsonValue], AfterValidator(_check_json)]
+
+#: Metadata keys usable in filters (no quotes, backslashes or control characters).
+FilterKey = Annotated[str, Field(pattern=r'^[^"\\\x00-\x1f]{1,256}$')]
+FilterValue = (
+    StrictBool
+    | Annotated[StrictInt, Field(ge=-_INT64, lt=_INT64)]
+    | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+    | Annotated[StrictStr, Field(max_length=4096, pattern=r"^[^\x00]*$")]
+)
+Where = dict[FilterKey, FilterValue]
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- collections ----------------------------------------------------------------------------------
+
+
+class CollectionCreate(_Model):
+    """A new collection: its name, encoder model and, optionally, a stored codec to reuse."""
+
+    name: str = Field(pattern=NAME_PATTERN, examples=["photos"])
+    model: str | None = Field(default=None, max_length=128, description="open_clip model (default: the server's).")
+    pretrained: str | None = Field(
+        default=None, max_length=128, description="open_clip pretrained tag (default: the server's for its model)."
+    )
+    codec: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{8,128}$",
+        description="Content hash of a stored codec (see POST /v1/codecs) to reuse instead of training one.",
+    )
+
+
+class CollectionOut(BaseModel):
+    """A collection with its size and compression figures."""
+
+    name: str
+    items: int
+    code_bytes: int
+    bytes_per_item: float
+    bits_per_vector: float | None
+    bits_per_pixel: float | None
+    model: str
+    pretrained: str | None
+    dim: int
+    codec_hash: str | None
+    codec_config: dict[str, Any] | None
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionOut]
+
+
+class CodecOut(BaseModel):
+    """A stored codec."""
+
+    content_hash: str
+    dim: int
+    num_subvectors: int
+    codebook_size: int
+    bits_per_vector: float
+
+
+# -- items ----------------------------------------------------------------------------------------
+
+
+class ItemOut(BaseModel):
+    """A stored item; ``codes`` (base64 of the little-endian codes) and ``embedding`` on request."""
+
+    id: int
+    source_uri: str
+    metadata: dict[str, Any]
+    width: int | None
+    height: int | None
+    codes: str | None = None
+    code_dtype: str | None = None
+    embedding: list[float] | None = None
+
+
+class MetadataPatch(_Model):
+    """Metadata to merge into an item's (or to replace it with, if ``replace``)."""
+
+    metadata: Metadata
+    replace: bool = False
+
+
+class IngestedFile(BaseModel):
+    """What happened to one uploaded file or ingested path."""
+
+    source: str
+    status: Literal["added", "skipped", "failed"]
+    id: int | None = None
+    reason: str | None = None
+
+
+class IngestOut(BaseModel):
+    """The outcome of an upload or path ingest: counts and one entry per file."""
+
+    added: int
+    skipped: int
+    failed: int
+    files: list[IngestedFile]
+    codec_trained: bool
+    seconds: float
+
+
+class PathIngest(_Model):
+    """Server-side files or folders to ingest; each must lie under an allowed root."""
+
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(min_length=1, max_length=1000)
+    metadata: Metadata | None = None
+
+
+# -- search and classification --------------------------------------------------------------------
+
+
+class SearchOptions(_Model):
+    k: int = Field(default=10, ge=1, description="Number of results (at most the server's max page size).")
+    min_score: FiniteFloat | None = Field(default=None, description="Drop hits scoring below this.")
+    where: Where | None = Field(default=None, description="Metadata filter: every key must have this value.")
+    rerank: int = Field(
+        default=100, ge=0, le=10_000, description="ADC candidates re-scored exactly by cosine (0: raw ADC scores)."
+    )
+
+
+class SearchRequest(SearchOptions):
+    """A text query or a stored item ("more like this"): give exactly one."""
+
+    text: str | None = Field(default=None, min_length=1, max_length=1000, examples=["a dog on a beach"])
+    item_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+
+
+class Hit(BaseModel):
+    id: int
+    score: float
+    source_uri: str
+    metadata: dict[str, Any]
+    width: int | None
+    height: int | None
+
+
+class Timing(BaseModel):
+    """Milliseconds spent embedding the query, searching, and in total."""
+
+    embed_ms: float
+    search_ms: float
+    total_ms: float
+
+
+class SearchOut(BaseModel):
+    hits: list[Hit]
+    query: Literal["text", "image", "item"]
+    timing: Timing
+
+
+def _check_template(template: str) -> str:
+    if template.count("{}") != 1 or "{" in template.replace("{}", "", 1) or "}" in template.replace("{}", "", 1):
+        raise ValueError("the template must contain '{}' exactly once and no other braces")
+    return template
+
+
+class ClassifyRequest(_Model):
+    """Zero-shot classification of every item into one of ``labels``, paged."""
+
+    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=2, max_length=1000)
+    template: Annotated[str, Field(min_length=2, max_length=500), AfterValidator(_check_template)] = "a photo of a {}."
+    offset: int = Field(default=0, ge=0, le=MAX_ID)
+    limit: int = Field(default=100, ge=1, description="Items per page (at most the server's max page size).")
+
+
+class LabelledItem(BaseModel):
+    id: int
+    label: str
+    score: float
+
+
+class ClassifyOut(BaseModel):
+    labels: list[str]
+    counts: dict[str, int]
+    total: int
+    offset: int
+    limit: int
+    items: list[LabelledItem]
+
+
+# -- transfer -------------------------------------------------------------------------------------
+
+
+class ImportOut(BaseModel):
+    name: str
+    created: bool
+    added: int
+    skipped: int
+    codec_hash: str
+
+
+# -- health ---------------------------------------------------------------------------------------
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+    index: Literal["ready"]
+    version: str

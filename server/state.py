@@ -1,0 +1,107 @@
+"""What one app instance shares between requests: settings, the database, limits, metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+
+from server.limits import RateLimiter
+from server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from semstore.config import Settings
+    from semstore.database import Database, EncoderFactory
+
+#: Seconds between two ``last_used_at`` updates of the same key (keeps reads free of writes).
+TOUCH_INTERVAL_S = 60.0
+
+
+class DatabaseHolder:
+    """Connects on first use, so the app starts (and /health answers) while the database is down."""
+
+    def __init__(self, settings: Settings, encoder_factory: EncoderFactory | None = None) -> None:
+        self.settings = settings
+        self._encoder_factory = encoder_factory
+        self._database: Database | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Database:
+        """The connected (and migrated) database, one per app."""
+        with self._lock:
+            if self._database is None:
+                import semstore
+
+                self._database = semstore.connect(
+                    self.settings.resolved_database_url(), settings=self.settings, encoder_factory=self._encoder_factory
+                )
+            return self._database
+
+    def close(self) -> None:
+        with self._lock:
+            if self._database is not None:
+                self._database.close()
+                self._database = None
+
+
+class IndexWarmup:
+    """Loads every collection's index once (at startup) and remembers whether that worked."""
+
+    def __init__(self, holder: DatabaseHolder) -> None:
+        self._holder = holder
+        self._lock = threading.Lock()
+        self.state = "pending"
+        self.error: str | None = None
+
+    def run(self) -> bool:
+        """Load (or build) all indexes unless already done; True when the indexes are ready."""
+        with self._lock:
+            if self.state == "ready":
+                return True
+            self.state = "loading"
+            try:
+                for collection in self._holder.get().collections():
+                    _ = collection.index
+            except Exception as exc:  # reported by /health; the next health check retries
+                self.state, self.error = "error", " ".join(str(getattr(exc, "orig", None) or exc).split())
+                return False
+            self.state, self.error = "ready", None
+            return True
+
+
+@dataclass
+class AppState:
+    """Everything routes reach through dependencies (``request.app.state.semstore``)."""
+
+    settings: Settings
+    database: DatabaseHolder
+    rate_limiter: RateLimiter
+    metrics: Metrics
+    warmup: IndexWarmup
+    inference: anyio.CapacityLimiter
+    _touched: dict[int, float] = field(default_factory=dict)
+    _touch_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, settings: Settings, encoder_factory: EncoderFactory | None = None) -> AppState:
+        holder = DatabaseHolder(settings, encoder_factory)
+        return cls(
+            settings=settings,
+            database=holder,
+            rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+            metrics=Metrics(holder.get),
+            warmup=IndexWarmup(holder),
+            inference=anyio.CapacityLimiter(settings.inference_concurrency),
+        )
+
+    def should_touch(self, key_id: int) -> bool:
+        """Whether the key's ``last_used_at`` is due for an update (at most once a minute)."""
+        now = time.monotonic()
+        with self._touch_lock:
+            if now - self._touched.get(key_id, -TOUCH_INTERVAL_S) < TOUCH_INTERVAL_S:
+                return False
+            self._touched[key_id] = now
+            return True
