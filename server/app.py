@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from server import routers
@@ -110,3 +111,20 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
             allow_headers=["Authorization", "Content-Type"],
         )
     return app
+
+
+def api_routes(app: FastAPI) -> list[APIRoute]:
+    """Every API route of ``app``, looking inside included routers (for audits, e.g. of auth)."""
+    found: list[APIRoute] = []
+
+    def walk(routes: Iterable[object]) -> None:
+        for route in routes:
+            if isinstance(route, APIRoute):
+                found.append(route)
+            # Recent FastAPI versions wrap included routers instead of copying their routes.
+            original = getattr(route, "original_router", None)
+            if original is not None:
+                walk(original.routes)
+
+    walk(app.routes)
+    return found

@@ -21,7 +21,9 @@ from server.errors import ApiError, error_response
 from server.state import AppState
 
 #: Paths anyone may request: liveness, the search page and the API docs.
-PUBLIC_PATHS: frozenset[str] = frozenset({"/health", "/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico"})
+PUBLIC_PATHS: frozenset[str] = frozenset(
+    {"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico"}
+)
 #: Path prefixes anyone may request (the page's static files).
 PUBLIC_PREFIXES: tuple[str, ...] = ("/static/",)
 

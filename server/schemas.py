@@ -203,7 +203,9 @@ class ClassifyRequest(_Model):
     labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=2, max_length=1000)
     template: Annotated[str, Field(min_length=2, max_length=500), AfterValidator(_check_template)] = "a photo of a {}."
     offset: int = Field(default=0, ge=0, le=MAX_ID)
-    limit: int = Field(default=100, ge=1, description="Items per page (at most the server's max page size).")
+    limit: int | None = Field(
+        default=None, ge=1, description="Items per page (default 100; at most the server's max page size)."
+    )
 
 
 class LabelledItem(BaseModel):

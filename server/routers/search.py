@@ -28,6 +28,9 @@ from server.uploads import check_page_size, parse_where_field, read_uploads
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], responses=COMMON_ERRORS)
 
+#: Items per classification page when the request does not say.
+DEFAULT_CLASSIFY_PAGE = 100
+
 
 @router.post("/search", dependencies=[ReadAccess])
 async def search(collection: CollectionDep, state: StateDep, body: SearchRequest) -> SearchOut:
@@ -85,18 +88,19 @@ def _search(collection: Collection, embed: Callable[[], np.ndarray], options: Se
 @router.post("/classify", dependencies=[ReadAccess], tags=["classify"])
 async def classify(collection: CollectionDep, state: StateDep, body: ClassifyRequest) -> ClassifyOut:
     """Zero-shot label of every item from its codes alone: a page of items and the count per label."""
-    check_page_size("limit", body.limit, state.settings.max_page_size)
+    limit = min(DEFAULT_CLASSIFY_PAGE, state.settings.max_page_size) if body.limit is None else body.limit
+    check_page_size("limit", limit, state.settings.max_page_size)
     result = await anyio.to_thread.run_sync(
         partial(collection.classify, body.labels, template=body.template), limiter=state.inference
     )
-    page = slice(body.offset, body.offset + body.limit)
+    page = slice(body.offset, body.offset + limit)
     ids, labels, scores = result.ids[page], result.label_index[page], result.scores[page]
     return ClassifyOut(
         labels=result.labels,
         counts=result.counts(),
         total=len(result),
         offset=body.offset,
-        limit=body.limit,
+        limit=limit,
         items=[
             LabelledItem(id=int(i), label=result.labels[int(j)], score=float(s)) for i, j, s in zip(ids, labels, scores)
         ],
