@@ -72,15 +72,15 @@ def _ingest_out(report: IngestReport, sources: list[str], labels: list[str]) -> 
             files.append(IngestedFile(source=label, status="added", id=added.pop(source)))
         else:
             files.append(IngestedFile(source=label, status="skipped"))
+    # Counted from the per-file view: a repeat of a bad file fails like the file it repeats.
+    counts = {state: sum(1 for entry in files if entry.status == state) for state in ("added", "skipped", "failed")}
     out = IngestOut(
-        added=report.added,
-        skipped=report.skipped,
-        failed=len(report.failed),
+        **counts,
         files=files,
         codec_trained=report.codec_trained,
         seconds=round(report.seconds, 4),
     )
-    if report.failed and not report.added and not report.skipped:
+    if counts["failed"] and not counts["added"] and not counts["skipped"]:
         raise ApiError(422, "bad_images", "none of the images could be stored", out.model_dump(mode="json"))
     return out
 

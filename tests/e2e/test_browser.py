@@ -89,7 +89,7 @@ def test_search_page_text_query_and_more_like_this(browser, photos: Photos, tmp_
         third = page.locator("#results .card").nth(2)
         wanted = third.get_attribute("data-id")
         third.get_by_role("button", name="More like").click()
-        page.wait_for_function("() => document.querySelector('#status').textContent.includes('items like')")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('results for items like')")
         page.wait_for_function("() => document.querySelectorAll('#results .card').length > 0")
         assert _top_ids(page) and wanted in _top_ids(page)
         page.wait_for_function(

@@ -96,6 +96,8 @@ def test_bad_image_in_a_batch_rejects_only_that_image(photos: Photos, admin: htt
 
 def test_malformed_requests_use_the_error_shape(photos: Photos, admin: httpx.Client) -> None:
     assert_error(admin.post(ITEMS), 422, "validation_error")  # no files at all
+    twice_empty = admin.post(ITEMS, files=[("files", ("a.png", b"")), ("files", ("a.png", b""))])
+    assert [entry["status"] for entry in assert_error(twice_empty, 422, "bad_images")["detail"]["files"]] == ["failed"] * 2
     assert_error(admin.post(ITEMS, content=b"--nope", headers={"Content-Type": "multipart/form-data"}), 400)
     assert_error(
         admin.post(ITEMS, files={"files": ("a.png", encode(make_image(1), "PNG"))}, data={"metadata": "[1, 2]"}),
