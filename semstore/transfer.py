@@ -168,7 +168,8 @@ def import_collection(db: Database, source: str | Path | IO[bytes], *, name: str
     ``name`` defaults to the exported collection's name. A missing collection is created
     with the archive's model and codec; an existing one must use the same model and codec
     (or have no codec yet). Items already stored (same content hash) are skipped, so an
-    interrupted import can simply be run again.
+    interrupted import into an existing collection can simply be run again; a collection
+    created by a failed import is deleted.
 
     Raises:
         TransferError: the archive is malformed or does not fit the target collection.
@@ -187,10 +188,15 @@ def import_collection(db: Database, source: str | Path | IO[bytes], *, name: str
         target = name or manifest["name"]
         collection_id, codec_id, created = _target_collection(db, target, manifest, codec)
         added = skipped = 0
-        for batch in _read_items(archive, codec):
-            batch_added, batch_skipped = _insert(db, collection_id, codec_id, batch)
-            added += batch_added
-            skipped += batch_skipped
+        try:
+            for batch in _read_items(archive, codec):
+                batch_added, batch_skipped = _insert(db, collection_id, codec_id, batch)
+                added += batch_added
+                skipped += batch_skipped
+        except BaseException:
+            if created:  # a failed import leaves no half-filled new collection behind
+                db.delete_collection(target)
+            raise
     return ImportSummary(name=target, created=created, added=added, skipped=skipped, codec_hash=codec.content_hash)
 
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("semstore.server")
@@ -133,6 +134,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
         return handler
 
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, "unavailable", "the database is unavailable or busy; retry later")
+
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal_error", "internal server error")
@@ -141,6 +146,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     for exc_class, status_code, code in _library_errors():
         app.add_exception_handler(exc_class, library_error(status_code, code))
+    app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(Exception, unexpected_error)
 
 
@@ -157,5 +163,6 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
         422: "Invalid request or unprocessable image",
         429: "Rate limit exceeded (see Retry-After)",
         500: "Internal error",
+        503: "Database unavailable or busy",
     }.items()
 }

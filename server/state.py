@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from server.batching import TextBatcher
 from server.limits import RateLimiter
 from server.metrics import Metrics
 
@@ -82,19 +83,22 @@ class AppState:
     metrics: Metrics
     warmup: IndexWarmup
     inference: anyio.CapacityLimiter
+    text_batcher: TextBatcher
     _touched: dict[int, float] = field(default_factory=dict)
     _touch_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, settings: Settings, encoder_factory: EncoderFactory | None = None) -> AppState:
         holder = DatabaseHolder(settings, encoder_factory)
+        inference = anyio.CapacityLimiter(settings.inference_concurrency)
         return cls(
             settings=settings,
             database=holder,
             rate_limiter=RateLimiter(settings.rate_limit_per_minute),
             metrics=Metrics(holder.get),
             warmup=IndexWarmup(holder),
-            inference=anyio.CapacityLimiter(settings.inference_concurrency),
+            inference=inference,
+            text_batcher=TextBatcher(inference),
         )
 
     def should_touch(self, key_id: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
@@ -38,11 +37,18 @@ async def search(collection: CollectionDep, state: StateDep, body: SearchRequest
     check_page_size("k", body.k, state.settings.max_page_size)
     if (body.text is None) == (body.item_id is None):
         raise QueryError("give exactly one of text or item_id")
+    started = time.perf_counter()
     if body.text is not None:
-        embed, kind = partial(collection.embed_query, text=body.text), "text"
+        if not body.text.strip():
+            raise QueryError("the text query is empty")
+        encoder = await anyio.to_thread.run_sync(lambda: collection.encoder)
+        # Concurrent text queries are embedded together (see server.batching).
+        query = await state.text_batcher.encode(encoder, body.text)
+        kind = "text"
     else:
-        embed, kind = partial(collection.embed_query, item=body.item_id), "item"
-    return await anyio.to_thread.run_sync(partial(_search, collection, embed, body, kind), limiter=state.inference)
+        query = await anyio.to_thread.run_sync(partial(collection.embed_query, item=body.item_id))
+        kind = "item"
+    return await anyio.to_thread.run_sync(partial(_search, collection, query, started, body, kind))
 
 
 @router.post("/search/image", dependencies=[ReadAccess])
@@ -59,13 +65,12 @@ async def search_by_image(
     check_page_size("k", k, state.settings.max_page_size)
     options = SearchOptions(k=k, min_score=min_score, where=parse_where_field(where), rerank=rerank)
     ((_, data),) = await read_uploads([image], 1)
-    embed = partial(collection.embed_query, image=data)
-    return await anyio.to_thread.run_sync(partial(_search, collection, embed, options, "image"), limiter=state.inference)
-
-
-def _search(collection: Collection, embed: Callable[[], np.ndarray], options: SearchOptions, kind: Any) -> SearchOut:
     started = time.perf_counter()
-    query = embed()
+    query = await anyio.to_thread.run_sync(partial(collection.embed_query, image=data), limiter=state.inference)
+    return await anyio.to_thread.run_sync(partial(_search, collection, query, started, options, "image"))
+
+
+def _search(collection: Collection, query: np.ndarray, started: float, options: SearchOptions, kind: Any) -> SearchOut:
     embedded = time.perf_counter()
     hits = collection.search_vector(
         query, k=options.k, where=options.where, min_score=options.min_score, rerank=options.rerank or None

@@ -282,3 +282,22 @@ def test_metrics(photos: Photos) -> None:
     assert "semstore_http_request_duration_seconds_bucket" in text
     assert f'semstore_collection_items{{collection="{COLLECTION}"}}' in text
     assert f'semstore_index_vectors{{collection="{COLLECTION}"}}' in text
+
+
+def test_concurrent_searches_match_sequential_ones(photos: Photos) -> None:
+    """Text queries arriving together are embedded in one batch; each still gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"/v1/collections/{COLLECTION}/search"
+    queries = [f"picture number {i}" for i in range(8)]
+    with photos.client(photos.keys.reader) as client:
+        sequential = [[h["id"] for h in client.post(url, json={"text": q, "k": 5}).json()["hits"]] for q in queries]
+
+        def ask(query: str) -> list[int]:
+            response = client.post(url, json={"text": query, "k": 5})
+            assert response.status_code == 200, response.text
+            return [h["id"] for h in response.json()["hits"]]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            concurrent = list(pool.map(ask, queries))
+    assert concurrent == sequential
