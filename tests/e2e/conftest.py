@@ -9,6 +9,7 @@ create their own collections, items or keys. The tiny open_clip model has random
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 import time
@@ -174,7 +175,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Photos]:
                 response = client.post(
                     f"/v1/collections/{COLLECTION}/items",
                     files=[("files", (name, files[name], "image/png" if name.endswith("png") else "image/jpeg")) for name in batch],
-                    data={"metadata": '{"set": "e2e", "batch": %d}' % (start // settings.max_images_per_request)},
+                    data={"metadata": json.dumps({"set": "e2e", "batch": start // settings.max_images_per_request})},
                 )
                 assert response.status_code == 200, response.text
                 ids.update({entry["source"]: entry["id"] for entry in response.json()["files"]})
