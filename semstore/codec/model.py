@@ -148,8 +148,10 @@ class PQVAECodec:
         """Train on embeddings ``X`` (n, dim); deterministic for a ``seed``. Returns self.
 
         ``queries`` (optional, (m, dim)) are query-like vectors, e.g. text embeddings of a
-        generic vocabulary for an image collection; their second moment sets the weighting
-        of the training error. Without them the training vectors stand in for queries.
+        generic vocabulary for an image collection: the weighting of the training error then
+        uses the average of their (trace-normalised) second moment and the data's, so both
+        text -> image and image -> image scores are protected. Without them the training
+        vectors stand in for queries.
         The report of the run is kept in :attr:`report`.
         """
         data = _as_matrix("X", X, self.dim)
@@ -159,10 +161,10 @@ class PQVAECodec:
         train = data
         if data.shape[0] > self.config.max_train_vectors:
             train = data[np.sort(rng.choice(data.shape[0], self.config.max_train_vectors, replace=False))]
-        query_data = train if queries is None else _as_matrix("queries", queries, self.dim)
+        query_sets = [train] if queries is None else [train, _as_matrix("queries", queries, self.dim)]
 
         mean = train.mean(axis=0)
-        transform, inverse = _weighting(query_data, self.config.query_weighting)
+        transform, inverse = _weighting(query_sets, self.config.query_weighting)
         targets = ((train - mean) @ transform).astype(np.float32)
         trained, report = train_shared_codebook(
             targets, self.config, rng, num_vectors=data.shape[0], progress=progress
@@ -326,14 +328,19 @@ class PQVAECodec:
         return self._cache["decoder"]
 
 
-def _weighting(queries: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """``T = A^{1/2}`` and ``T^{-1}`` for ``A = (1-w) I + w S / (tr S / D)``."""
-    dim = queries.shape[1]
+def _weighting(query_sets: list[np.ndarray], weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """``T = A^{1/2}`` and ``T^{-1}`` for ``A = (1-w) I + w S``.
+
+    S is the mean over ``query_sets`` of each set's second moment, each scaled to trace D.
+    """
+    dim = query_sets[0].shape[1]
     if weight == 0.0:
         eye = np.eye(dim, dtype=np.float32)
         return eye, eye.copy()
-    second = (queries.T.astype(np.float64) @ queries.astype(np.float64)) / queries.shape[0]
-    second /= max(np.trace(second) / dim, 1e-12)
+    second = np.zeros((dim, dim))
+    for queries in query_sets:
+        moment = (queries.T.astype(np.float64) @ queries.astype(np.float64)) / queries.shape[0]
+        second += moment / max(np.trace(moment) / dim, 1e-12) / len(query_sets)
     blended = (1.0 - weight) * np.eye(dim) + weight * second
     vals, vecs = np.linalg.eigh(blended)
     vals = np.maximum(vals, 1e-4)

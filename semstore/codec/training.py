@@ -45,8 +45,15 @@ class FitReport:
     iterations: int
     seconds: float
     relative_error_history: list[float] = field(default_factory=list)
+    held_out_error_history: list[float] = field(default_factory=list)
     revived_codewords: int = 0
     codeword_usage: float = 0.0
+
+    @property
+    def held_out_error(self) -> float:
+        """Best ||y - y_hat||^2 / ||y||^2 on the held-out vectors (NaN when none were held out)."""
+        finite = [e for e in self.held_out_error_history if e == e]
+        return min(finite) if finite else float("nan")
 
     @property
     def relative_error(self) -> float:
@@ -56,7 +63,8 @@ class FitReport:
     def summary(self) -> str:
         return (
             f"trained on {self.num_train_vectors} of {self.num_vectors} vectors in {self.seconds:.1f}s, "
-            f"{self.iterations} iterations, relative error {self.relative_error:.4f}, "
+            f"{self.iterations} iterations, relative error {self.relative_error:.4f} "
+            f"(held out {self.held_out_error:.4f}), "
             f"codeword usage {self.codeword_usage:.0%}, revived {self.revived_codewords}"
         )
 
@@ -70,6 +78,38 @@ class TrainedParameters:
 def _relative_error(targets: np.ndarray, codes: np.ndarray, books: np.ndarray) -> float:
     err = targets - reconstruct(codes, books)
     return float(np.sum(err * err) / max(np.sum(targets * targets), 1e-12))
+
+
+_MIN_HELD_OUT = 20
+
+
+def _initial_stage_books(train: np.ndarray, config: CodecConfig, rng: np.random.Generator) -> np.ndarray:
+    """Residual k-means: each stage clusters what the previous stages left unexplained."""
+    m_count, k_count = config.num_subvectors, config.codebook_size
+    books = np.empty((m_count, k_count, train.shape[1]), dtype=np.float32)
+    residual = train.copy()
+    for m in range(m_count):
+        books[m] = kmeans(residual, k_count, config.kmeans_iterations, rng)
+        residual -= books[m][assign_nearest(residual, books[m])]
+    return books
+
+
+def _split_validation(targets: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """10% of the vectors (at least 20) held out for early stopping; none for tiny sets."""
+    n = targets.shape[0]
+    held = max(_MIN_HELD_OUT, n // 10)
+    if n < 5 * held:
+        return targets, None
+    order = rng.permutation(n)
+    return targets[np.sort(order[held:])], targets[np.sort(order[:held])]
+
+
+def _held_out_error(
+    held: np.ndarray | None, codebook: np.ndarray, blocks: np.ndarray, books: np.ndarray, beam: int
+) -> float:
+    if held is None:
+        return float("nan")
+    return _relative_error(held, beam_encode(held, codebook, blocks, beam, stage_books=books), books)
 
 
 def _usage(codes: np.ndarray, k_count: int) -> float:
@@ -93,32 +133,34 @@ def train_shared_codebook(
     total_steps = m_count + config.iterations
     bar = tqdm(total=total_steps, desc="training codec", unit="step", disable=not progress, leave=False)
 
-    books = np.empty((m_count, k_count, targets.shape[1]), dtype=np.float32)
-    residual = targets.copy()
-    for m in range(m_count):
-        books[m] = kmeans(residual, k_count, config.kmeans_iterations, rng)
-        residual -= books[m][assign_nearest(residual, books[m])]
-        bar.update(1)
+    # Hold out vectors to stop the refinement when it starts to overfit: a few thousand
+    # vectors cannot pin down M*K*D free decoder values, and over-refined codebooks
+    # reconstruct new vectors worse than the initial residual k-means did.
+    train, held = _split_validation(targets, rng)
+
+    books = _initial_stage_books(train, config, rng)
+    bar.update(m_count)
 
     codebook, blocks = factor_shared(books, rank)
     books = stage_codebooks(codebook, blocks)
-    codes = beam_encode(targets, codebook, blocks, beam, stage_books=books)
-    best_error = _relative_error(targets, codes, books)
-    best = TrainedParameters(codebook, blocks)
-    history = [best_error]
+    codes = beam_encode(train, codebook, blocks, beam, stage_books=books)
+    history = [_relative_error(train, codes, books)]
+    validation = [_held_out_error(held, codebook, blocks, books, beam)]
+    best, best_score = TrainedParameters(codebook, blocks), validation[-1] if held is not None else history[-1]
     revived_total = 0
     for _ in range(config.iterations):
-        new_books, revived = update_stage_books(targets, codes, books, rng)
+        new_books, revived = update_stage_books(train, codes, books, rng)
         revived_total += revived
         codebook, blocks = factor_shared(new_books, rank)
         books = stage_codebooks(codebook, blocks)
-        codes = beam_encode(targets, codebook, blocks, beam, stage_books=books)
-        error = _relative_error(targets, codes, books)
-        history.append(error)
-        if error < best_error:
-            best_error, best = error, TrainedParameters(codebook, blocks)
+        codes = beam_encode(train, codebook, blocks, beam, stage_books=books)
+        history.append(_relative_error(train, codes, books))
+        validation.append(_held_out_error(held, codebook, blocks, books, beam))
+        score = validation[-1] if held is not None else history[-1]
+        if score < best_score:
+            best_score, best = score, TrainedParameters(codebook, blocks)
         bar.update(1)
-        bar.set_postfix(rel_err=f"{error:.4f}")
+        bar.set_postfix(rel_err=f"{history[-1]:.4f}", held_out=f"{validation[-1]:.4f}")
     bar.close()
 
     final_codes = beam_encode(targets, best.codebook, best.blocks, config.beam_size)
@@ -128,6 +170,7 @@ def train_shared_codebook(
         iterations=config.iterations,
         seconds=time.perf_counter() - started,
         relative_error_history=history,
+        held_out_error_history=validation,
         revived_codewords=revived_total,
         codeword_usage=_usage(final_codes, k_count),
     )
