@@ -27,6 +27,7 @@ class CodecConfig:
     kmeans_iterations: int = 16
     query_weighting: float = 0.0
     max_train_vectors: int = 100_000
+    init: str = "kmeans"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -42,6 +43,8 @@ class CodecConfig:
             raise ValueError("beam sizes must be >= 1")
         if self.iterations < 0 or self.kmeans_iterations < 1:
             raise ValueError("iterations must be >= 0 and kmeans_iterations >= 1")
+        if self.init not in ("kmeans", "residual-quantizer"):
+            raise ValueError(f"init must be 'kmeans' or 'residual-quantizer', got {self.init!r}")
         if not 0.0 <= self.query_weighting <= 1.0:
             raise ValueError(f"query_weighting must be in [0, 1], got {self.query_weighting!r}")
 

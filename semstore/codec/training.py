@@ -83,10 +83,31 @@ def _relative_error(targets: np.ndarray, codes: np.ndarray, books: np.ndarray) -
 _MIN_HELD_OUT = 20
 
 
-def _initial_stage_books(train: np.ndarray, config: CodecConfig, rng: np.random.Generator) -> np.ndarray:
-    """Residual k-means: each stage clusters what the previous stages left unexplained."""
+def _initial_stage_books(
+    train: np.ndarray, config: CodecConfig, rng: np.random.Generator, beam: int
+) -> np.ndarray:
+    """Stage codebooks to start from.
+
+    ``init="residual-quantizer"`` uses FAISS's residual quantizer (progressive-dimension
+    k-means per stage, beam search between stages), which generalises better than plain
+    residual k-means; it needs a power-of-two codebook and a few vectors per codeword, so
+    small sets fall back to plain residual k-means, which copes with any size.
+    """
     m_count, k_count = config.num_subvectors, config.codebook_size
-    books = np.empty((m_count, k_count, train.shape[1]), dtype=np.float32)
+    n, dim = train.shape
+    nbits = k_count.bit_length() - 1
+    if config.init == "residual-quantizer" and k_count == 1 << nbits and n >= 4 * k_count:
+        import faiss
+
+        quantizer = faiss.ResidualQuantizer(dim, m_count, nbits)
+        quantizer.max_beam_size = beam
+        quantizer.verbose = False
+        quantizer.cp.seed = int(rng.integers(1 << 30))
+        quantizer.cp.niter = config.kmeans_iterations
+        quantizer.cp.min_points_per_centroid = 1  # small sets are expected; FAISS would warn on stdout
+        quantizer.train(np.ascontiguousarray(train, dtype=np.float32))
+        return faiss.vector_to_array(quantizer.codebooks).reshape(m_count, k_count, dim).astype(np.float32)
+    books = np.empty((m_count, k_count, dim), dtype=np.float32)
     residual = train.copy()
     for m in range(m_count):
         books[m] = kmeans(residual, k_count, config.kmeans_iterations, rng)
@@ -138,7 +159,7 @@ def train_shared_codebook(
     # reconstruct new vectors worse than the initial residual k-means did.
     train, held = _split_validation(targets, rng)
 
-    books = _initial_stage_books(train, config, rng)
+    books = _initial_stage_books(train, config, rng, beam)
     bar.update(m_count)
 
     codebook, blocks = factor_shared(books, rank)

@@ -167,3 +167,19 @@ def test_any_dimension() -> None:
         x = clustered(100, dim, seed=dim)
         codec = PQVAECodec(dim=dim, num_subvectors=4, codebook_size=8, iterations=1).fit(x, progress=False)
         assert codec.decode(codec.encode(x[:3])).shape == (3, dim)
+
+
+def test_residual_quantizer_initialisation() -> None:
+    both = clustered(700, 16, seed=7)
+    train, test = both[:600], both[600:]
+    codec = PQVAECodec(dim=16, num_subvectors=2, codebook_size=8, iterations=2, init="residual-quantizer")
+    codec.fit(train, progress=False)
+    baseline = PQVAECodec(dim=16, num_subvectors=2, codebook_size=8, iterations=2).fit(train, progress=False)
+
+    def cosine(c: PQVAECodec) -> float:
+        return float(np.mean(np.sum(c.decode(c.encode(test)) * test, axis=1)))
+
+    assert cosine(codec) > 0.7
+    assert cosine(codec) > cosine(baseline) - 0.05
+    with pytest.raises(ValueError, match="init"):
+        PQVAECodec(dim=16, num_subvectors=2, codebook_size=8, init="magic")
