@@ -27,7 +27,7 @@ class CodecConfig:
     kmeans_iterations: int = 16
     query_weighting: float = 0.0
     max_train_vectors: int = 100_000
-    init: str = "kmeans"
+    init: str = "residual-quantizer"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -91,12 +91,14 @@ def _initial_stage_books(
     ``init="residual-quantizer"`` uses FAISS's residual quantizer (progressive-dimension
     k-means per stage, beam search between stages), which generalises better than plain
     residual k-means; it needs a power-of-two codebook and a few vectors per codeword, so
-    small sets fall back to plain residual k-means, which copes with any size.
+    small sets (fewer than 4 vectors per codeword or than twice the dimension) fall back to
+    plain residual k-means, which copes with any size.
     """
     m_count, k_count = config.num_subvectors, config.codebook_size
     n, dim = train.shape
     nbits = k_count.bit_length() - 1
-    if config.init == "residual-quantizer" and k_count == 1 << nbits and n >= 4 * k_count:
+    # FAISS's progressive-dimension k-means runs a PCA, which needs more vectors than dims.
+    if config.init == "residual-quantizer" and k_count == 1 << nbits and n >= max(4 * k_count, 2 * dim):
         import faiss
 
         quantizer = faiss.ResidualQuantizer(dim, m_count, nbits)

@@ -1,0 +1,299 @@
+"""Codec-quality benchmark: PQVAECodec vs FAISS / binary baselines at equal bits per vector.
+
+Usage::
+
+    python bench/codec_quality.py [--bits 64 128 256] [--train N] [--test N]
+                                  [--dataset minilm|synthetic] [--quick] [--out bench/RESULTS.md]
+
+Metrics (one train/test split; the test documents are the compressed database):
+
+* 10-R@10: overlap of the ADC top-10 (float query vs codes, inner product) with the exact
+  float top-10, queries = the paired query view of the test items;
+* paired R@1 / R@10: the query's own document in the ADC top-1 / top-10;
+* zero-shot: accuracy of argmax cosine(decoded, L2-normalised vector, class prompt), and
+  its fraction of the float accuracy;
+* sizes: fixed-length bits, plug-in entropy of the code symbols (per position), and the
+  actual ANS-coded size (constriction; one categorical model per position fitted on
+  codes of training vectors);
+* train seconds and encode throughput (vectors/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: import this folder as the ``bench`` package. The script folder is
+    # dropped from sys.path so bench/datasets.py cannot shadow the ``datasets`` library.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.baselines import Compressor, FloatBaseline, PQVAEBaseline, build_methods  # noqa: E402
+from bench.datasets import EmbeddingDataset, load_minilm_docstrings, make_synthetic_clip_like  # noqa: E402
+from bench.metrics import (  # noqa: E402
+    coded_size_bits,
+    empirical_entropy_bits,
+    exact_topk_inner_product,
+    paired_recall,
+    recall_at_k,
+    zero_shot_accuracy,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+K = 10
+ENTROPY_TRAIN_VECTORS = 10_000
+
+
+@dataclass
+class Row:
+    """One method at one bit budget."""
+
+    method: str
+    bits: int
+    details: str
+    bytes_per_vector: float
+    recall10: float
+    paired_r1: float
+    paired_r10: float
+    zero_shot: float
+    zero_shot_frac: float
+    entropy_bits: float | None
+    coded_bits: float | None
+    train_s: float
+    encode_vps: float
+
+
+def evaluate(method: Compressor, data: EmbeddingDataset, truth: np.ndarray,
+             float_zero_shot: float | None) -> Row:
+    """Fit, encode, search and decode with one method; all metrics of one row."""
+    start = time.perf_counter()
+    method.fit(data.train)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    codes = method.encode(data.test)
+    encode_s = time.perf_counter() - start
+    _, ids = method.search(data.test_queries, codes, K)
+    zero_shot = zero_shot_accuracy(method.decode(codes), data.class_prompts, data.test_labels)
+    targets = np.arange(len(data.test))
+    entropy = coded = None
+    symbols = method.symbols(codes)
+    if symbols is not None and method.alphabet_size:
+        entropy = empirical_entropy_bits(symbols)
+        train_symbols = method.symbols(method.encode(data.train[:ENTROPY_TRAIN_VECTORS]))
+        coded = coded_size_bits(train_symbols, symbols, method.alphabet_size)
+    return Row(
+        method=method.name,
+        bits=method.bits,
+        details=method.details,
+        bytes_per_vector=method.bytes_per_vector(codes),
+        recall10=recall_at_k(ids, truth, K),
+        paired_r1=paired_recall(ids, targets, 1),
+        paired_r10=paired_recall(ids, targets, K),
+        zero_shot=zero_shot,
+        zero_shot_frac=zero_shot / float_zero_shot if float_zero_shot else 1.0,
+        entropy_bits=entropy,
+        coded_bits=coded,
+        train_s=train_s,
+        encode_vps=len(data.test) / max(encode_s, 1e-9),
+    )
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def format_table(rows: list[Row]) -> str:
+    """A Markdown table of the rows."""
+    head = ("| method | bits | 10-R@10 | paired R@1 | paired R@10 | zero-shot acc | % of float "
+            "| bytes/vec | entropy bits | ANS-coded bits | train s | encode vec/s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r.method} | {r.bits} | {r.recall10:.3f} | {r.paired_r1:.3f} | {r.paired_r10:.3f} "
+            f"| {r.zero_shot:.3f} | {100 * r.zero_shot_frac:.1f} | {r.bytes_per_vector:g} "
+            f"| {_fmt(r.entropy_bits, '.1f')} | {_fmt(r.coded_bits, '.1f')} | {r.train_s:.1f} "
+            f"| {r.encode_vps:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine_facts() -> str:
+    """CPU model, cores and library versions, one line."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "absent"
+    load = ", load avg {:.1f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
+    return (f"{cpu}, {os.cpu_count()} cores (faiss threads 2){load}, Python {platform.python_version()}, "
+            f"faiss {faiss.__version__}, torch {torch_version}, numpy {np.__version__}")
+
+
+def plot(rows: list[Row], float_row: Row, path: Path, title: str) -> None:
+    """recall / paired R@10 / zero-shot vs bits, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("recall10", "10-recall@10 (vs exact float)"),
+              ("paired_r10", "paired R@10"),
+              ("zero_shot_frac", "zero-shot acc / float acc")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    methods = sorted({r.method for r in rows}, key=[r.method for r in rows].index)
+    for ax, (field, label) in zip(axes, panels):
+        for name in methods:
+            pts = sorted((r.bits, getattr(r, field)) for r in rows if r.method == name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.axhline(getattr(float_row, field), color="black", linestyle="--", linewidth=1, label="float")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r.bits for r in rows}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("bits per vector")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bits", type=int, nargs="+", default=[64, 128, 256])
+    p.add_argument("--train", type=int, default=None, help="training vectors (default 20000, quick 10000)")
+    p.add_argument("--test", type=int, default=None, help="test items (default 5000, quick 2000)")
+    p.add_argument("--dataset", choices=["minilm", "synthetic"], default="minilm")
+    p.add_argument("--quick", action="store_true",
+                   help="10k/2k split, cheaper OPQ and RQ training (stated in the report)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="only these methods (PQ OPQ+PQ RQ PQ4fs OPQ+PQ4fs sign-binary PQVAECodec)")
+    p.add_argument("--no-codec", action="store_true", help="skip PQVAECodec (baselines only)")
+    p.add_argument("--codec-k", type=int, default=256, help="PQVAECodec codebook size K")
+    p.add_argument("--rq-beam", type=int, default=None, help="RQ encode beam (default 16, quick 8)")
+    p.add_argument("--rq-train-beam", type=int, default=None, help="RQ training beam (default 8, quick 4)")
+    p.add_argument("--rq-refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="RQ least-squares codebook refinement (default on, quick off)")
+    p.add_argument("--opq-niter", type=int, default=None, help="OPQ iterations (default 50, quick 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
+    p.add_argument("--plot", type=Path, default=BENCH_DIR / "recall_vs_bits.png")
+    return p.parse_args(argv)
+
+
+def load_data(args: argparse.Namespace) -> EmbeddingDataset:
+    if args.dataset == "synthetic":
+        return make_synthetic_clip_like(args.train, args.test, seed=args.seed)
+    return load_minilm_docstrings(args.train, args.test, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.train = args.train or (10_000 if args.quick else 20_000)
+    args.test = args.test or (2_000 if args.quick else 5_000)
+    rq = {
+        "beam": args.rq_beam or (8 if args.quick else 16),
+        "train_beam": args.rq_train_beam or (4 if args.quick else 8),
+        "refine": (not args.quick) if args.rq_refine is None else args.rq_refine,
+        # quick: k-means per RQ step on <= 100 points per centroid, 15 iterations (~4x cheaper)
+        **({"kmeans_niter": 15, "kmeans_max_points_per_centroid": 100} if args.quick else {}),
+    }
+    opq_niter = args.opq_niter or (10 if args.quick else 50)
+    faiss.omp_set_num_threads(2)
+    try:
+        import torch
+        torch.set_num_threads(2)
+    except ImportError:
+        pass
+
+    start = time.perf_counter()
+    data = load_data(args)
+    print(f"[data] {data.description}\n       train {data.train.shape}, test {data.test.shape}, "
+          f"{len(data.class_names)} classes, loaded in {time.perf_counter() - start:.1f}s; {data.facts}",
+          flush=True)
+    truth = exact_topk_inner_product(data.test_queries, data.test, K)
+    float_row = evaluate(FloatBaseline(data.dim), data, truth, None)
+    rows: list[Row] = []
+    notes: list[str] = []
+    wanted = set(args.methods) if args.methods else None
+
+    for bits in args.bits:
+        methods = build_methods(bits, data.dim, rq=rq, opq_niter=opq_niter, seed=args.seed)
+        if not args.no_codec:
+            try:
+                methods.append(PQVAEBaseline(bits, data.dim, codebook_size=args.codec_k, seed=args.seed))
+            except ImportError as exc:
+                notes.append(f"PQVAECodec missing (not importable: {exc}); baselines only.")
+            except Exception as exc:  # noqa: BLE001 - the codec is developed in parallel
+                notes.append(f"PQVAECodec at {bits} bits could not be built: {exc!r}")
+        for method in methods:
+            if wanted and method.name not in wanted:
+                continue
+            t0 = time.perf_counter()
+            try:
+                row = evaluate(method, data, truth, float_row.zero_shot)
+            except Exception as exc:  # noqa: BLE001 - one broken method must not hide the rest
+                notes.append(f"{method.name} at {bits} bits failed: {exc!r}")
+                print(f"[{bits:>3} bits] {method.name:<12} FAILED: {exc!r}", flush=True)
+                continue
+            rows.append(row)
+            print(f"[{bits:>3} bits] {row.method:<12} 10-R@10 {row.recall10:.3f}  "
+                  f"pR@1 {row.paired_r1:.3f}  pR@10 {row.paired_r10:.3f}  "
+                  f"zs {row.zero_shot:.3f}  ({time.perf_counter() - t0:.1f}s)", flush=True)
+
+    table = format_table([float_row, *rows])
+    details = sorted({(r.method, r.bits, r.details) for r in rows if r.details})
+    command = "python " + " ".join(shlex.quote(a) for a in [
+        os.path.relpath(__file__, Path.cwd()), *(sys.argv[1:] if argv is None else argv)])
+    report = "\n".join([
+        f"## {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} — {data.name}"
+        f"{' (quick)' if args.quick else ''}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_facts()}  ",
+        f"Data: {data.description}; train {len(data.train)}, test {len(data.test)} "
+        f"(queries paired with the test documents), dim {data.dim}; {data.facts}  ",
+        "ADC: float query vs coded test documents, inner product; 10-R@10 against exact float "
+        "search with the same queries. Zero-shot on decoded vectors.",
+        "",
+        table,
+        "",
+        "Settings: " + "; ".join(f"{m} @{b}: {d}" for m, b, d in details),
+        *([""] + [f"Note: {n}" for n in sorted(set(notes))] if notes else []),
+        "",
+    ])
+    print("\n" + table)
+    for note in sorted(set(notes)):
+        print("Note:", note)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a", encoding="utf-8") as fh:
+        if fh.tell() == 0:
+            fh.write("# Codec-quality benchmark results\n\nAppended by `bench/codec_quality.py`.\n\n")
+        fh.write(report + "\n")
+    if rows:
+        plot(rows, float_row, args.plot, f"{data.name}: train {len(data.train)}, test {len(data.test)}")
+    print(f"\nappended to {args.out}; plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
