@@ -27,11 +27,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import datasets as D  # noqa: E402
-
+from bench import datasets as D  # noqa: E402
 from semstore.codec import PQVAECodec  # noqa: E402
 
 
