@@ -236,11 +236,10 @@ class Collection:
 
     def codes(self, item_id: int) -> np.ndarray:
         """The stored codes of one item, shape (num_subvectors,)."""
+        dtype = self._require_codec().code_dtype
         with self._db.sessions() as session:
             item = storage.get_item(session, collection_id=self.id, item_id=item_id)
-            return np.frombuffer(item.codes, dtype=self._require_codec().code_dtype.newbyteorder("<")).astype(
-                self._require_codec().code_dtype
-            )
+            return np.frombuffer(item.codes, dtype=dtype.newbyteorder("<")).astype(dtype)
 
     def search(
         self,
@@ -307,10 +306,9 @@ class Collection:
             return []
         with self._db.sessions() as session:
             rows = storage.get_items(session, collection_id=self.id, ids=[i for _, i in pairs])
-        found = {row.id for row in rows}
-        # An id deleted between search and lookup is dropped rather than returned dangling.
-        kept = [(s, i) for s, i in pairs if i in found]
         by_id = {row.id: row for row in rows}
+        # An id deleted between search and lookup is dropped rather than returned dangling.
+        kept = [(s, i) for s, i in pairs if i in by_id]
         return hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
 
     def classify(
