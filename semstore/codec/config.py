@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+#: Options added after codecs were first stored, with the value that means "as before".
+_NEUTRAL_ADDITIONS: dict[str, Any] = {"parallel_weight": 1.0}
+
+
 @dataclass(frozen=True)
 class CodecConfig:
     """Everything that defines a codec's architecture and training.
@@ -15,6 +19,9 @@ class CodecConfig:
     each vector becomes M integers in ``[0, K)``, i.e. ``M * log2(K)`` bits.
     ``subvector_dim`` (d) is the width of the shared codebook's codewords; it is the rank
     shared by the M decoder blocks (see :mod:`semstore.codec.model`).
+    ``parallel_weight`` (w >= 1) weighs the reconstruction error along each item's own
+    direction w times more than the error across it (ScaNN's score-aware loss); 1 is plain
+    squared error.
     """
 
     dim: int
@@ -26,6 +33,7 @@ class CodecConfig:
     iterations: int = 8
     kmeans_iterations: int = 16
     query_weighting: float = 0.0
+    parallel_weight: float = 1.0
     max_train_vectors: int = 100_000
     init: str = "residual-quantizer"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -45,6 +53,8 @@ class CodecConfig:
             raise ValueError("iterations must be >= 0 and kmeans_iterations >= 1")
         if self.init not in ("kmeans", "residual-quantizer"):
             raise ValueError(f"init must be 'kmeans' or 'residual-quantizer', got {self.init!r}")
+        if not (isinstance(self.parallel_weight, int | float) and 1.0 <= self.parallel_weight <= 1000.0):
+            raise ValueError(f"parallel_weight must be a number in [1, 1000], got {self.parallel_weight!r}")
         if not 0.0 <= self.query_weighting <= 1.0:
             raise ValueError(f"query_weighting must be in [0, 1], got {self.query_weighting!r}")
 
@@ -69,6 +79,19 @@ class CodecConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def identity_dict(self) -> dict[str, Any]:
+        """The fields that identify the codec in its content hash.
+
+        Options added after the first release are left out while they hold the value that
+        reproduces the earlier behaviour, so the hashes (versions) of existing codecs, which
+        stored codes and saved indexes refer to, stay what they were.
+        """
+        data = self.to_dict()
+        for name, neutral in _NEUTRAL_ADDITIONS.items():
+            if data.get(name) == neutral:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CodecConfig":

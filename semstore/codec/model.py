@@ -136,7 +136,7 @@ class PQVAECodec:
         """SHA-256 of the config and weights: the codec's version, stable across save/load."""
         if self._content_hash is None:
             params = self._require()
-            digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            digest = hashlib.sha256(json.dumps(self.config.identity_dict(), sort_keys=True).encode())
             for name in _TENSORS:
                 digest.update(name.encode())
                 digest.update(np.ascontiguousarray(params[name]).tobytes())
@@ -167,7 +167,8 @@ class PQVAECodec:
         transform, inverse = _weighting(query_sets, self.config.query_weighting)
         targets = ((train - mean) @ transform).astype(np.float32)
         trained, report = train_shared_codebook(
-            targets, self.config, rng, num_vectors=data.shape[0], progress=progress
+            targets, self.config, rng, num_vectors=data.shape[0],
+            directions=self._directions(train, inverse), progress=progress,
         )
         self._set_params(
             {
@@ -190,6 +191,8 @@ class PQVAECodec:
         codes = beam_encode(
             targets, params["codebook"], params["blocks"], beam_size or self.config.beam_size,
             stage_books=self._stage_books(),
+            directions=self._directions(data, params["inverse_transform"]),
+            parallel_weight=self.config.parallel_weight,
         )
         return codes.astype(self.code_dtype)
 
@@ -314,6 +317,18 @@ class PQVAECodec:
         self._params = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in params.items()}
         self._cache = {}
         self._content_hash = None
+
+    def _directions(self, data: np.ndarray, inverse: np.ndarray) -> np.ndarray | None:
+        """Each item's unit direction seen from the working space, ``T^{-1} x / ||x||``.
+
+        The error of the original vector along its own direction, ``<x - x_hat, x/||x||>``,
+        is ``<e, T^{-1} x/||x||>`` for the working-space error e (T is symmetric). None when
+        the loss is plain squared error.
+        """
+        if self.config.parallel_weight == 1.0:
+            return None
+        units = data / np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-12)
+        return (units @ inverse).astype(np.float32)
 
     def _stage_books(self) -> np.ndarray:
         if "stage" not in self._cache:

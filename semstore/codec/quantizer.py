@@ -34,51 +34,101 @@ def beam_encode(
     blocks: np.ndarray,
     beam_size: int,
     stage_books: np.ndarray | None = None,
+    *,
+    directions: np.ndarray | None = None,
+    parallel_weight: float = 1.0,
 ) -> np.ndarray:
-    """Residual beam search for the codes minimising ``||y - sum_m B[m, codes[m]]||^2``.
+    """Residual beam search for the codes minimising the (anisotropic) reconstruction error.
 
-    Stage m projects each candidate residual through its decoder block (``z = P[m].T r``,
-    the encoder output for that sub-vector) and picks among the shared codewords by
-    ``||r - P[m] c||^2 = ||r||^2 - 2 <z, c> + ||P[m] c||^2``; the ``beam_size`` best partial
-    code sequences survive to the next stage. ``beam_size=1`` is greedy residual encoding.
-    Projecting first costs D*d + d*K multiply-adds per stage instead of D*K.
+    The error of a vector with residual ``e = y - sum_m B[m, codes[m]]`` is
+    ``||e||^2 + (parallel_weight - 1) <e, u>^2``, where ``u`` (a row of ``directions``) is the
+    unit direction of the original embedding: ``parallel_weight > 1`` penalises the error
+    along the item itself more than the error across it (the score-aware loss of ScaNN, which
+    is what keeps inner-product rankings intact); 1 (or no ``directions``) is plain MSE.
+    Stage m scores every shared codeword for every candidate residual through
+    ``||r - B[m,k]||^2 = ||r||^2 - 2 <r, B[m,k]> + ||B[m,k]||^2`` and the ``beam_size`` best
+    partial code sequences survive to the next stage; ``beam_size=1`` is greedy encoding.
     """
     books = stage_codebooks(codebook, blocks) if stage_books is None else stage_books
+    anisotropic = directions is not None and parallel_weight != 1.0
     norms = np.einsum("mkD,mkD->mk", books, books)
-    codebook_t = np.ascontiguousarray(codebook.T, dtype=np.float32)
+    # <r, B[m,k]> either directly (D*K per stage) or through the shared codebook
+    # (P[m].T r, then C: D*d + d*K), whichever costs fewer multiply-adds.
+    direct = books.shape[2] * books.shape[1] <= blocks.shape[2] * (books.shape[2] + books.shape[1])
+    products = _StageProducts(books, codebook, blocks, direct)
     out = np.empty((targets.shape[0], books.shape[0]), dtype=np.int64)
     for start in range(0, targets.shape[0], _CHUNK):
         chunk = np.ascontiguousarray(targets[start : start + _CHUNK], dtype=np.float32)
-        out[start : start + _CHUNK] = _beam_chunk(chunk, codebook_t, blocks, books, norms, beam_size)
+        units = None
+        if anisotropic:
+            units = np.ascontiguousarray(directions[start : start + _CHUNK], dtype=np.float32)
+        out[start : start + _CHUNK] = _beam_chunk(chunk, units, products, books, norms, beam_size, parallel_weight)
     return out
 
 
+class _StageProducts:
+    """``X @ B[m].T`` for a stage, by the cheaper of the two equal formulas."""
+
+    def __init__(self, books: np.ndarray, codebook: np.ndarray, blocks: np.ndarray, direct: bool) -> None:
+        self._direct = direct
+        if direct:
+            self._books_t = np.ascontiguousarray(books.transpose(0, 2, 1))  # (M, D, K)
+        else:
+            self._blocks = blocks
+            self._codebook_t = np.ascontiguousarray(codebook.T, dtype=np.float32)
+
+    def __call__(self, x: np.ndarray, m: int) -> np.ndarray:
+        if self._direct:
+            return x @ self._books_t[m]
+        return (x @ self._blocks[m]) @ self._codebook_t
+
+
 def _beam_chunk(
-    y: np.ndarray, codebook_t: np.ndarray, blocks: np.ndarray, books: np.ndarray, norms: np.ndarray, beam_size: int
+    y: np.ndarray,
+    units: np.ndarray | None,
+    products: _StageProducts,
+    books: np.ndarray,
+    norms: np.ndarray,
+    beam_size: int,
+    parallel_weight: float,
 ) -> np.ndarray:
-    n, dim = y.shape
+    n = y.shape[0]
     m_count, k_count, _ = books.shape
     rows = np.arange(n)[:, None]
     residuals = y.copy()  # (n * beams, D), beam-major within each vector
-    errors = np.einsum("nD,nD->n", y, y)[:, None]  # (n, beams)
+    squared = np.einsum("nD,nD->n", y, y)[:, None]  # ||r||^2 per (vector, beam)
+    extra = parallel_weight - 1.0
+    parallel = None if units is None else np.einsum("nD,nD->n", y, units)[:, None]  # <r, u>
     history = np.zeros((n, 1, m_count), dtype=np.int64)
     for m in range(m_count):
-        beams = errors.shape[1]
-        # 2-D products so that numpy hands one large GEMM to BLAS.
-        dots = ((residuals @ blocks[m]) @ codebook_t).reshape(n, beams * k_count)
-        cand = np.repeat(errors, k_count, axis=1) - 2.0 * dots + np.tile(norms[m], beams)
-        keep = min(beam_size, cand.shape[1])
-        if keep == 1:
-            best = np.argmin(cand, axis=1)[:, None]
+        beams = squared.shape[1]
+        # one large 2-D product per stage so that numpy hands a single GEMM to BLAS
+        dots = products(residuals, m).reshape(n, beams, k_count)
+        dots *= -2.0
+        dots += squared[:, :, None]
+        dots += norms[m]
+        cand = dots.reshape(n, beams * k_count)  # ||r - B[m,k]||^2 for every candidate
+        if parallel is not None:
+            along = parallel[:, :, None] - products(units, m)[:, None, :]  # <r - B[m,k], u>
+            along = along.reshape(n, beams * k_count)
+            score = cand + extra * along * along
         else:
-            best = np.argpartition(cand, keep - 1, axis=1)[:, :keep]
-        errors = np.take_along_axis(cand, best, axis=1)
+            score = cand
+        keep = min(beam_size, score.shape[1])
+        if keep == 1:
+            best = np.argmin(score, axis=1)[:, None]
+        else:
+            best = np.argpartition(score, keep - 1, axis=1)[:, :keep]
+        squared = np.take_along_axis(cand, best, axis=1)
+        if parallel is not None:
+            parallel = np.take_along_axis(along, best, axis=1)
         parent, code = np.divmod(best, k_count)
         source = (rows * beams + parent).reshape(-1)
         residuals = residuals[source] - books[m][code.reshape(-1)]
         history = history[rows, parent]
         history[:, :, m] = code
-    return history[np.arange(n), np.argmin(errors, axis=1)]
+    final = squared if parallel is None else squared + extra * parallel * parallel
+    return history[np.arange(n), np.argmin(final, axis=1)]
 
 
 def update_stage_books(
@@ -87,36 +137,85 @@ def update_stage_books(
     stage_books: np.ndarray,
     rng: np.random.Generator,
     sweeps: int = 2,
+    *,
+    directions: np.ndarray | None = None,
+    parallel_weight: float = 1.0,
 ) -> tuple[np.ndarray, int]:
     """Block coordinate descent on the stage codebooks with the codes held fixed.
 
-    For each stage the optimal codeword k is the mean of ``y - (reconstruction from the
-    other stages)`` over the vectors coded k there. A codeword that no vector uses is
-    revived at the residual of a badly reconstructed vector, so no part of the codebook
-    stays dead. Returns the new stage codebooks and the number of revived codewords.
+    For each stage, codeword k becomes the minimiser of the loss of :func:`beam_encode` over
+    the vectors coded k there, given the other stages' reconstruction ("partial" target p):
+    the mean of p under plain MSE; under the anisotropic loss the solution of
+    ``(n_k I + (w-1) sum u u^T) b = sum p + (w-1) u <u, p>``, found for all codewords at once
+    by a few conjugate-gradient steps (the system's condition number is at most w).
+    A codeword that no vector uses is revived at the residual of a badly reconstructed
+    vector, so no part of the codebook stays dead. Returns the new stage codebooks and the
+    number of revived codewords.
     """
     books = stage_books.copy()
     m_count, k_count, dim = books.shape
+    anisotropic = directions is not None and parallel_weight != 1.0
     recon = reconstruct(codes, books)
     revived = 0
     for _ in range(sweeps):
         for m in range(m_count):
-            partial = targets - (recon - books[m][codes[:, m]])
-            sums, counts = group_sums(codes[:, m], partial, k_count)
+            labels = codes[:, m]
+            partial = targets - (recon - books[m][labels])
+            if anisotropic:
+                sums, counts = _anisotropic_means(labels, partial, directions, books[m], parallel_weight)
+            else:
+                sums, counts = group_sums(labels, partial, k_count)
+                sums /= np.maximum(counts, 1)[:, None]
             used = counts > 0
             new = books[m].copy()
-            new[used] = (sums[used] / counts[used, None]).astype(np.float32)
+            new[used] = sums[used].astype(np.float32)
             dead = np.flatnonzero(~used)
             if dead.size:
                 revived += int(dead.size)
-                err = np.einsum("nD,nD->n", partial - new[codes[:, m]], partial - new[codes[:, m]])
+                err = np.einsum("nD,nD->n", partial - new[labels], partial - new[labels])
                 worst = np.argsort(err)[::-1][: max(dead.size * 4, dead.size)]
                 pick = rng.choice(worst, size=dead.size, replace=worst.size < dead.size)
                 noise = rng.standard_normal((dead.size, dim)).astype(np.float32) * 1e-3
                 new[dead] = partial[pick] + noise
-            recon += new[codes[:, m]] - books[m][codes[:, m]]
+            recon += new[labels] - books[m][labels]
             books[m] = new
     return books, revived
+
+
+def _anisotropic_means(
+    labels: np.ndarray,
+    partial: np.ndarray,
+    directions: np.ndarray,
+    start: np.ndarray,
+    parallel_weight: float,
+    iterations: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-codeword minimisers of sum_i ||p_i - b||^2 + (w-1) <p_i - b, u_i>^2 (batched CG)."""
+    k_count = start.shape[0]
+    extra = parallel_weight - 1.0
+    along = np.einsum("nD,nD->n", directions, partial)[:, None]
+    rhs, counts = group_sums(labels, partial + extra * directions * along, k_count)
+
+    def apply(books: np.ndarray) -> np.ndarray:
+        proj = np.einsum("nD,nD->n", directions, books[labels])[:, None]
+        sums, _ = group_sums(labels, directions * proj, k_count)
+        return counts[:, None] * books + extra * sums
+
+    solution = start.astype(np.float64)
+    residual = rhs - apply(solution)
+    direction = residual.copy()
+    norm_sq = np.einsum("kD,kD->k", residual, residual)
+    for _ in range(iterations):
+        image = apply(direction)
+        curvature = np.einsum("kD,kD->k", direction, image)
+        step = np.divide(norm_sq, curvature, out=np.zeros_like(norm_sq), where=curvature > 1e-30)
+        solution += step[:, None] * direction
+        residual -= step[:, None] * image
+        new_norm_sq = np.einsum("kD,kD->k", residual, residual)
+        ratio = np.divide(new_norm_sq, norm_sq, out=np.zeros_like(norm_sq), where=norm_sq > 1e-30)
+        direction = residual + ratio[:, None] * direction
+        norm_sq = new_norm_sq
+    return solution, counts
 
 
 def group_sums(labels: np.ndarray, values: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:

@@ -75,9 +75,21 @@ class TrainedParameters:
     blocks: np.ndarray  # (M, D, d)
 
 
-def _relative_error(targets: np.ndarray, codes: np.ndarray, books: np.ndarray) -> float:
-    err = targets - reconstruct(codes, books)
-    return float(np.sum(err * err) / max(np.sum(targets * targets), 1e-12))
+@dataclass(frozen=True)
+class _Loss:
+    """The training loss: squared error plus ``(w-1) <e, u>^2`` along each item's direction u."""
+
+    parallel_weight: float = 1.0
+
+    def weighted(self, directions: np.ndarray | None) -> bool:
+        return directions is not None and self.parallel_weight != 1.0
+
+    def relative(self, targets: np.ndarray, directions: np.ndarray | None, codes: np.ndarray, books: np.ndarray) -> float:
+        err = targets - reconstruct(codes, books)
+        total = float(np.sum(err * err))
+        if self.weighted(directions):
+            total += (self.parallel_weight - 1.0) * float(np.sum(np.einsum("nD,nD->n", err, directions) ** 2))
+        return total / max(float(np.sum(targets * targets)), 1e-12)
 
 
 _MIN_HELD_OUT = 20
@@ -117,22 +129,17 @@ def _initial_stage_books(
     return books
 
 
-def _split_validation(targets: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-    """10% of the vectors (at least 20) held out for early stopping; none for tiny sets."""
-    n = targets.shape[0]
+def _split_validation(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Row indices (train, held out): 10% (at least 20) held out for early stopping; none for tiny sets."""
     held = max(_MIN_HELD_OUT, n // 10)
     if n < 5 * held:
-        return targets, None
+        return np.arange(n), None
     order = rng.permutation(n)
-    return targets[np.sort(order[held:])], targets[np.sort(order[:held])]
+    return np.sort(order[held:]), np.sort(order[:held])
 
 
-def _held_out_error(
-    held: np.ndarray | None, codebook: np.ndarray, blocks: np.ndarray, books: np.ndarray, beam: int
-) -> float:
-    if held is None:
-        return float("nan")
-    return _relative_error(held, beam_encode(held, codebook, blocks, beam, stage_books=books), books)
+def _rows(array: np.ndarray | None, rows: np.ndarray | None) -> np.ndarray | None:
+    return None if array is None or rows is None else array[rows]
 
 
 def _usage(codes: np.ndarray, k_count: int) -> float:
@@ -146,9 +153,14 @@ def train_shared_codebook(
     rng: np.random.Generator,
     *,
     num_vectors: int,
+    directions: np.ndarray | None = None,
     progress: bool = True,
 ) -> tuple[TrainedParameters, FitReport]:
-    """Fit the shared codebook and decoder blocks to ``targets`` (already in working space)."""
+    """Fit the shared codebook and decoder blocks to ``targets`` (already in working space).
+
+    ``directions`` (one row per target) are the items' own directions for the anisotropic
+    loss (``config.parallel_weight``); without them the loss is plain squared error.
+    """
     started = time.perf_counter()
     m_count, k_count = config.num_subvectors, config.codebook_size
     rank = min(config.effective_subvector_dim, k_count, targets.shape[1] * m_count)
@@ -159,34 +171,49 @@ def train_shared_codebook(
     # Hold out vectors to stop the refinement when it starts to overfit: a few thousand
     # vectors cannot pin down M*K*D free decoder values, and over-refined codebooks
     # reconstruct new vectors worse than the initial residual k-means did.
-    train, held = _split_validation(targets, rng)
+    loss = _Loss(config.parallel_weight)
+    train_rows, held_rows = _split_validation(targets.shape[0], rng)
+    train, train_dirs = targets[train_rows], _rows(directions, train_rows)
+    held, held_dirs = _rows(targets, held_rows), _rows(directions, held_rows)
+    aniso = {"directions": train_dirs, "parallel_weight": config.parallel_weight}
+    held_aniso = {"directions": held_dirs, "parallel_weight": config.parallel_weight}
+
+    def evaluate(codebook: np.ndarray, blocks: np.ndarray, books: np.ndarray) -> tuple[np.ndarray, float, float]:
+        codes = beam_encode(train, codebook, blocks, beam, stage_books=books, **aniso)
+        held_error = float("nan")
+        if held is not None:
+            held_codes = beam_encode(held, codebook, blocks, beam, stage_books=books, **held_aniso)
+            held_error = loss.relative(held, held_dirs, held_codes, books)
+        return codes, loss.relative(train, train_dirs, codes, books), held_error
 
     books = _initial_stage_books(train, config, rng, beam)
     bar.update(m_count)
 
     codebook, blocks = factor_shared(books, rank)
     books = stage_codebooks(codebook, blocks)
-    codes = beam_encode(train, codebook, blocks, beam, stage_books=books)
-    history = [_relative_error(train, codes, books)]
-    validation = [_held_out_error(held, codebook, blocks, books, beam)]
-    best, best_score = TrainedParameters(codebook, blocks), validation[-1] if held is not None else history[-1]
+    codes, train_error, held_error = evaluate(codebook, blocks, books)
+    history, validation = [train_error], [held_error]
+    best, best_score = TrainedParameters(codebook, blocks), held_error if held is not None else train_error
     revived_total = 0
     for _ in range(config.iterations):
-        new_books, revived = update_stage_books(train, codes, books, rng)
+        new_books, revived = update_stage_books(train, codes, books, rng, **aniso)
         revived_total += revived
         codebook, blocks = factor_shared(new_books, rank)
         books = stage_codebooks(codebook, blocks)
-        codes = beam_encode(train, codebook, blocks, beam, stage_books=books)
-        history.append(_relative_error(train, codes, books))
-        validation.append(_held_out_error(held, codebook, blocks, books, beam))
-        score = validation[-1] if held is not None else history[-1]
+        codes, train_error, held_error = evaluate(codebook, blocks, books)
+        history.append(train_error)
+        validation.append(held_error)
+        score = held_error if held is not None else train_error
         if score < best_score:
             best_score, best = score, TrainedParameters(codebook, blocks)
         bar.update(1)
-        bar.set_postfix(rel_err=f"{history[-1]:.4f}", held_out=f"{validation[-1]:.4f}")
+        bar.set_postfix(rel_err=f"{train_error:.4f}", held_out=f"{held_error:.4f}")
     bar.close()
 
-    final_codes = beam_encode(targets, best.codebook, best.blocks, config.beam_size)
+    final_codes = beam_encode(
+        targets, best.codebook, best.blocks, config.beam_size,
+        directions=directions, parallel_weight=config.parallel_weight,
+    )
     report = FitReport(
         num_vectors=num_vectors,
         num_train_vectors=targets.shape[0],

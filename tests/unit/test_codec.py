@@ -183,3 +183,57 @@ def test_residual_quantizer_initialisation() -> None:
     assert cosine(codec) > cosine(baseline) - 0.05
     with pytest.raises(ValueError, match="init"):
         PQVAECodec(dim=16, num_subvectors=2, codebook_size=8, init="magic")
+
+
+def _parallel_error(codec: PQVAECodec, x: np.ndarray) -> tuple[float, float]:
+    """Mean squared error of the linear reconstruction along and across each item's direction."""
+    err = x - codec.decode(codec.encode(x), normalize=False)
+    along = np.einsum("nd,nd->n", err, x)
+    return float(np.mean(along**2)), float(np.mean(np.sum(err * err, axis=1) - along**2))
+
+
+def test_parallel_weight_moves_error_off_the_items_direction() -> None:
+    both = clustered(2200, 32, seed=3)
+    train, test = both[:2000], both[2000:]
+    plain = PQVAECodec(dim=32, num_subvectors=4, codebook_size=32, iterations=3).fit(train, progress=False)
+    scored = PQVAECodec(dim=32, num_subvectors=4, codebook_size=32, iterations=3, parallel_weight=8.0)
+    scored.fit(train, progress=False)
+    plain_along, plain_across = _parallel_error(plain, test)
+    scored_along, scored_across = _parallel_error(scored, test)
+    # the score-aware loss trades error across the item for error along it
+    assert scored_along < 0.7 * plain_along
+    assert scored_across > plain_across
+    assert scored.report is not None and len(scored.report.held_out_error_history) == 4
+
+
+def test_beam_search_matches_exhaustive_search_on_a_tiny_code() -> None:
+    from itertools import product
+
+    from semstore.codec.quantizer import beam_encode, reconstruct, stage_codebooks
+
+    rng = np.random.default_rng(5)
+    codebook = rng.standard_normal((4, 3)).astype(np.float32)
+    blocks = rng.standard_normal((3, 6, 3)).astype(np.float32)
+    books = stage_codebooks(codebook, blocks)
+    y = rng.standard_normal((50, 6)).astype(np.float32)
+    units = y / np.linalg.norm(y, axis=1, keepdims=True)
+    every = np.array(list(product(range(4), repeat=3)))
+    for weight in (1.0, 5.0):
+        codes = beam_encode(y, codebook, blocks, beam_size=64, directions=units, parallel_weight=weight)
+        for row, code in zip(y, codes):
+            err = row - reconstruct(every, books)
+            loss = np.sum(err * err, axis=1) + (weight - 1) * (err @ (row / np.linalg.norm(row))) ** 2
+            # a beam as wide as the code space is exhaustive search: it must find the minimum
+            assert np.isclose(loss[np.ravel_multi_index(code, (4, 4, 4))], loss.min(), rtol=1e-4, atol=1e-5)
+
+
+def test_parallel_weight_is_validated_and_keeps_old_codec_versions() -> None:
+    with pytest.raises(ValueError, match="parallel_weight"):
+        PQVAECodec(dim=8, parallel_weight=0.5)
+    # a codec saved before the option existed loads with its stored version (content hash)
+    from pathlib import Path
+
+    old = PQVAECodec.load(Path(__file__).parents[1] / "data" / "codec-format1-tiny.safetensors")
+    assert old.config.parallel_weight == 1.0
+    assert old.content_hash.startswith("ce84b4d48877")
+    assert old.encode(np.ones((1, 16), np.float32)).shape == (1, 4)
