@@ -26,6 +26,7 @@ from semstore.search import Classification, SearchHit, classify_codes, hits_from
 
 if TYPE_CHECKING:
     from semstore.database import Database
+    from semstore.distributed import RayIngestOptions
     from semstore.encoders import Encoder
 
 #: Candidates re-scored exactly (decoded, cosine) by default after the ADC pass.
@@ -90,6 +91,11 @@ class Collection:
 
     # -- components ----------------------------------------------------------------------
     @property
+    def database(self) -> Database:
+        """The database this collection belongs to."""
+        return self._db
+
+    @property
     def encoder(self) -> Encoder:
         return self._db.encoder(self.model, self.pretrained)
 
@@ -134,12 +140,23 @@ class Collection:
         *,
         metadata: Mapping[str, Any] | None = None,
         progress: bool = True,
+        ray: RayIngestOptions | None = None,
     ) -> IngestReport:
         """Ingest image files and folders (recursive); unchanged files are skipped.
 
-        Returns an :class:`IngestReport` with counts added / skipped and failures with reasons.
+        With ``ray`` (see :class:`semstore.distributed.RayIngestOptions`) the work runs on a
+        Ray cluster instead of this process. Returns an :class:`IngestReport` with counts
+        added / skipped and failures with reasons.
         """
         with self._lock:
+            if ray is not None:
+                from semstore.distributed import ray_ingest
+
+                try:
+                    return ray_ingest(self, sources, options=ray, metadata=metadata, progress=progress)
+                finally:
+                    self._codec = None  # the run may have attached a codec
+                    self._sync_after_write(save=True)
             pipeline = self._pipeline(self.index)
             try:
                 return pipeline.run(sources, metadata=metadata, progress=progress)
