@@ -6,6 +6,7 @@ importing this package never needs it.
 
 from semstore.distributed.ray_ingest import (
     INSTALL_HINT,
+    RayClusterError,
     RayIngestOptions,
     RayNotInstalledError,
     ray_ingest,
@@ -16,6 +17,7 @@ from semstore.distributed.stages import FailOnce
 __all__ = [
     "INSTALL_HINT",
     "FailOnce",
+    "RayClusterError",
     "RayIngestOptions",
     "RayNotInstalledError",
     "ray_ingest",

@@ -46,6 +46,10 @@ class RayNotInstalledError(ImportError):
     """``ray[data]`` is needed for distributed ingest but is not installed."""
 
 
+class RayClusterError(RuntimeError):
+    """The Ray cluster at the given address could not be joined or started."""
+
+
 def require_ray() -> ModuleType:
     """The ``ray`` module (with Ray Data), or :class:`RayNotInstalledError` saying how to install it."""
     try:
@@ -60,9 +64,10 @@ def require_ray() -> ModuleType:
 class RayIngestOptions:
     """How to run an ingest on Ray.
 
-    ``address``: ``None`` joins the cluster Ray finds (``RAY_ADDRESS``, or a local
-    ``ray start``) or starts a local one; ``"auto"``, ``"host:6379"`` or
-    ``"ray://host:10001"`` name one. Ignored when Ray is already initialised.
+    ``address`` goes to ``ray.init``: ``None`` joins ``RAY_ADDRESS`` if set, else starts a
+    local cluster; ``"local"`` always starts one; ``"auto"`` joins the running cluster
+    (``ray start``); ``"host:6379"`` or ``"ray://host:10001"`` name one. Ignored when Ray
+    is already initialised in this process.
     ``gpus_per_worker``: ``None`` gives each actor one GPU when the cluster has any.
     """
 
@@ -102,7 +107,11 @@ def ray_ingest(
         report.seconds = time.perf_counter() - started
         return report
     if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=progress)
+        try:
+            ray.init(address=options.address, include_dashboard=False, log_to_driver=progress)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            where = options.address or "RAY_ADDRESS / a new local cluster"
+            raise RayClusterError(f"cannot join or start a Ray cluster at {where}: {exc}") from exc
     ray.data.DataContext.get_current().enable_progress_bars = progress
     job = _Job(ray, collection, options, dict(metadata) if metadata else None)
 
