@@ -22,6 +22,7 @@ from semstore.codec import PQVAECodec
 from semstore.index import ADCIndex, IndexVersion
 from semstore.ingest.images import IMAGE_EXTENSIONS, content_hash, open_image
 from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
+from semstore.replica import catch_up
 from semstore.search import Classification, SearchHit, classify_codes, hits_from_rows
 
 if TYPE_CHECKING:
@@ -122,6 +123,10 @@ class Collection:
             state = self._state()
             version = IndexVersion(codec.content_hash, state.count, state.max_id, state.revision)
             if self._index is not None and self._index_version == version:
+                return self._index
+            if self._index is not None and self._index.codec.content_hash == codec.content_hash:
+                # Another process wrote: apply only the difference (see semstore.replica).
+                self._index_version = catch_up(self._index, sessions=self._db.sessions, collection_id=self.id).version
                 return self._index
             directory = self._db.index_directory(self)
             self._index, _rebuilt = ADCIndex.load_or_build(directory, codec, version, self._load_codes)
@@ -424,7 +429,7 @@ class Collection:
         """Adopt the database's new version if the in-memory index already matches it.
 
         Items this process wrote were applied to the index incrementally; if anybody else
-        wrote meanwhile, the counts or ids disagree and the next access rebuilds instead.
+        wrote meanwhile, the counts or ids disagree and the next access catches up.
         """
         codec = self.codec
         if codec is None:
@@ -436,8 +441,6 @@ class Collection:
             top = int(ids.max()) if ids.size else 0
             if len(index) == state.count and top == state.max_id:
                 self._index_version = IndexVersion(codec.content_hash, state.count, state.max_id, state.revision)
-            else:
-                self._index = None
         if save:
             current = self.index
             if current is not None:

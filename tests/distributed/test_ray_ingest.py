@@ -121,19 +121,9 @@ def test_killed_actor_is_retried_and_codes_match_single_process(
     db.close()
 
 
-def test_new_collection_trains_its_codec_once_on_the_driver(local_ray: None, images: Path, postgres_url: str, tmp_path: Path) -> None:
-    db = semstore.connect(settings=_settings(tmp_path, postgres_url))
-    fresh = db.create_collection("fresh")
-    sample = sorted(images.glob("img*.png"))[:48]
-    report = fresh.add(sample, ray=RayIngestOptions(workers=1, batch_size=16), progress=False)
-    assert report.codec_trained and report.added == len(sample)
-    assert fresh.codec is not None and fresh.codec.content_hash == report.codec_hash
-    hits = fresh.search(image=sample[5], k=1)
-    assert hits and hits[0].source_uri == str(sample[5])
-    db.close()
-
-
-def test_cli_ingest_with_ray_flag(local_ray: None, images: Path, tmp_path: Path) -> None:
+def test_cli_ingest_with_ray_trains_the_codec_once_on_the_driver(local_ray: None, images: Path, tmp_path: Path) -> None:
+    """A new collection: sampled embeddings are gathered to the driver, the codec trained there
+    and shipped to the actors; the CLI reports it like a single-process ingest."""
     from semstore.cli import app
 
     env = {
@@ -147,4 +137,8 @@ def test_cli_ingest_with_ray_flag(local_ray: None, images: Path, tmp_path: Path)
     result = CliRunner().invoke(app, ["ingest", *map(str, sample), "--no-progress", "--ray", "local", "--workers", "1"], env=env)
     assert result.exit_code == 0, result.output
     assert f"added {len(sample)}, skipped 0 unchanged, failed 0" in result.stdout
+    assert "trained codec" in result.stdout
+    with semstore.connect(env["SEMSTORE_DATABASE_URL"], settings=_settings(tmp_path, env["SEMSTORE_DATABASE_URL"])) as db:
+        hits = db.collection("default").search(image=sample[5], k=1)
+    assert hits and hits[0].source_uri == str(sample[5])
 
