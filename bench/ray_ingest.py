@@ -5,8 +5,8 @@ timed), then times, each into a fresh collection that reuses that codec:
 
 * ``single process``: :meth:`Collection.add` (the in-process pipeline, torch's default threads),
 * ``ray, W workers``: :meth:`Collection.add` with ``ray=RayIngestOptions(workers=W)`` on a
-  local Ray instance started once beforehand (``ray.init(num_cpus=2)``, not timed), each
-  actor with 1 CPU and 1 torch thread.
+  local Ray instance started once beforehand (``ray.init(num_cpus=2)`` and a first tiny
+  Ray Data job, not timed), each actor with 1 CPU and 1 torch thread.
 
 Times are wall clock for the whole call (listing, reading, decoding, encoding, writing,
 including the actors' start and model load). The fixed cost of a Ray run (planning, actor
@@ -96,6 +96,7 @@ def main() -> None:
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}})
+        ray.data.range(4).map_batches(lambda batch: batch).materialize()  # Ray Data's one-time start-up, not timed
         overhead: dict[int, float] = {}
         for workers in args.workers:
             # A run over as few images as there are workers: the fixed cost (plan, actor start, model load).

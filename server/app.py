@@ -80,7 +80,6 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
         poller = IndexPoller(state.database.get, settings.index_poll_seconds) if settings.index_poll_seconds > 0 else None
         if poller is not None:
             poller.start()
-        app.state.index_poller = poller
         try:
             yield
         finally:

@@ -31,7 +31,6 @@ class IndexPoller:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.polls = 0
 
     def poll_once(self) -> None:
         """Catch up every collection that has an index (errors are logged, the next poll retries)."""
@@ -40,7 +39,6 @@ class IndexPoller:
                 _ = collection.index  # checks the change counter; catches up or builds if needed
         except Exception as exc:  # a database outage must not kill the thread
             logger.warning("index poll failed: %s", " ".join(str(getattr(exc, "orig", None) or exc).split()))
-        self.polls += 1
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="semstore-index-poller", daemon=True)
