@@ -128,7 +128,7 @@ def main() -> None:
     lines = [
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} — distributed ingest on Ray (`bench/ray_ingest.py`)",
         "",
-        f"Command: `python bench/ray_ingest.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
+        f"Command: `{' '.join(['python bench/ray_ingest.py', *sys.argv[1:]])}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load avg at start of report "
         f"{load_average()}, Python {platform.python_version()}, ray {ray.__version__}  ",
         f"Model: {args.model} (random weights, same compute as trained ones), batch {args.batch_size}, "

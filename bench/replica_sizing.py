@@ -4,7 +4,7 @@ Builds an :class:`ADCIndex` over N random codes (M=16 codes of 8 bits: 16 bytes 
 the default) and measures, in this process:
 
 * ``index bytes/item``: :attr:`ADCIndex.memory_bytes` / N (FAISS codes + id map + id lookup),
-* ``RSS bytes/item``: growth of the process's resident memory while building, / N,
+* ``RSS bytes/item``: growth of the process's resident memory (after freeing the inputs), / N,
 * ``scan ns/item``: single-thread search time per query (k=10, rerank 100), / N.
 
 Then, for 1e8 and 1e9 items, the RAM one replica needs for the index, the single-query
@@ -21,6 +21,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import math
 import os
 import platform
@@ -41,7 +43,10 @@ from semstore.index import ADCIndex  # noqa: E402
 M, K, DIM = 16, 256, 512
 
 
-def rss_bytes() -> int:
+def settled_rss() -> int:
+    """Resident bytes of this process after freed memory went back to the OS (glibc ``malloc_trim``)."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -61,12 +66,12 @@ def main() -> None:
     codec = PQVAECodec(dim=DIM, num_subvectors=M, codebook_size=K, iterations=1).fit(
         rng.standard_normal((4096, DIM)).astype(np.float32), progress=False
     )
+    before = settled_rss()
     codes = rng.integers(0, K, size=(args.items, M), dtype=np.uint8)
     ids = np.arange(1, args.items + 1, dtype=np.int64)
-    before = rss_bytes()
     index = ADCIndex.build(codec, ids, codes)
     del codes, ids
-    rss_per_item = (rss_bytes() - before) / args.items
+    rss_per_item = (settled_rss() - before) / args.items
     index_per_item = index.bytes_per_item
     queries = rng.standard_normal((args.queries, DIM)).astype(np.float32)
     index.search(queries[:1], 10, rerank=100)  # warm-up
@@ -86,7 +91,7 @@ def main() -> None:
     lines = [
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} — replica sizing (`bench/replica_sizing.py`)",
         "",
-        f"Command: `python bench/replica_sizing.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
+        f"Command: `{' '.join(['python bench/replica_sizing.py', *sys.argv[1:]])}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, load avg {load}, faiss {faiss.__version__}, 1 FAISS thread  ",
         f"Measured on {args.items:,} items (M={M} x 8 bits, dim {DIM}): index {index_per_item:.1f} B/item "
         f"(FAISS codes + id map + lookup), process RSS growth {rss_per_item:.1f} B/item, "
