@@ -37,6 +37,7 @@ from semstore.ingest.pipeline import FailedSource, IngestError, IngestReport, at
 from semstore.ingest.sources import iter_image_files
 
 if TYPE_CHECKING:
+    from semstore.codec import PQVAECodec
     from semstore.collection import Collection
 
 INSTALL_HINT = 'Ray is not installed: pip install "semstore[distributed]" (or pip install "ray[data]>=2.40")'
@@ -182,7 +183,7 @@ class _Job:
             fn_constructor_kwargs={"encoder": self._encoder, "codec": codec, "fail_once": options.fail_once},
         )
 
-    def bootstrap_codec(self, files: list[str], *, progress: bool) -> tuple[int | None, Any]:
+    def bootstrap_codec(self, files: list[str], *, progress: bool) -> tuple[int | None, PQVAECodec]:
         """Train the codec on a random sample's embeddings, gathered here; returns (codec id if ours, codec)."""
         size = min(len(files), self._settings.codec_bootstrap_size)
         rng = np.random.default_rng(self._options.seed)

@@ -34,10 +34,11 @@ _sessions_lock = threading.Lock()
 
 
 def worker_sessions(database_url: str) -> sessionmaker[Session]:
-    """One pooled engine per database per worker process, reused across batches."""
+    """One pooled engine per database per worker process (at most 2 connections), reused across batches."""
     with _sessions_lock:
         if database_url not in _sessions:
-            _sessions[database_url] = storage.session_factory(storage.create_db_engine(database_url, pool_size=2))
+            engine = storage.create_db_engine(database_url, pool_size=2, max_overflow=0)
+            _sessions[database_url] = storage.session_factory(engine)
         return _sessions[database_url]
 
 

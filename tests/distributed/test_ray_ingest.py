@@ -9,12 +9,11 @@ image exactly once, identical codes per content hash.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+import ray  # in the test extra: a missing Ray must fail CI, not skip the test
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -25,8 +24,6 @@ from semstore.distributed import FailOnce, RayIngestOptions
 from semstore.encoders import TINY_TEST_MODEL
 from semstore.ingest import content_hash
 from tests.e2e.conftest import encode, make_image
-
-ray = pytest.importorskip("ray", reason='needs pip install "semstore[distributed]"')
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
