@@ -33,7 +33,7 @@ from semstore.distributed.stages import (
     read_batch,
     write_batch,
 )
-from semstore.ingest.pipeline import FailedSource, IngestError, IngestReport, attach_codec
+from semstore.ingest.pipeline import TOO_FEW_TO_TRAIN, FailedSource, IngestError, IngestReport, attach_codec
 from semstore.ingest.sources import iter_image_files
 
 if TYPE_CHECKING:
@@ -194,10 +194,7 @@ class _Job:
         ]
         embeddings = np.concatenate(parts) if parts else np.zeros((0, self._collection.dim), dtype=np.float32)
         if len(embeddings) < 2:
-            raise IngestError(
-                "a new collection needs at least 2 readable images to train its codec; "
-                "add more images or reuse a trained codec (--codec FILE)"
-            )
+            raise IngestError(TOO_FEW_TO_TRAIN)
         database = self._collection.database
         trained = database.new_codec(embeddings.shape[1]).fit(embeddings, seed=0, progress=progress)
         codec, codec_id = attach_codec(database.sessions, self._collection.id, trained)

@@ -31,6 +31,12 @@ class IngestError(RuntimeError):
     """An ingest run could not store anything (e.g. too few images to train a codec)."""
 
 
+TOO_FEW_TO_TRAIN = (
+    "a new collection needs at least 2 readable images to train its codec; "
+    "add more images or reuse a trained codec (--codec FILE)"
+)
+
+
 @dataclass(frozen=True)
 class BytesSource:
     """An image given as bytes (e.g. an HTTP upload) rather than a file; stored as ``uri``."""
@@ -237,10 +243,7 @@ class IngestPipeline:
         self._buffer = []
         if self._codec is None:
             if len(decoded) < 2:
-                raise IngestError(
-                    "a new collection needs at least 2 readable images to train its codec; "
-                    "add more images or reuse a trained codec (--codec FILE)"
-                )
+                raise IngestError(TOO_FEW_TO_TRAIN)
             trained = self._codec_factory(embeddings.shape[1]).fit(embeddings, seed=0, progress=progress)
             codec, codec_id = attach_codec(self._sessions, self._collection_id, trained)
             if codec is trained:
