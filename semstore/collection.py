@@ -22,10 +22,12 @@ from semstore.codec import PQVAECodec
 from semstore.index import ADCIndex, IndexVersion
 from semstore.ingest.images import IMAGE_EXTENSIONS, content_hash, open_image
 from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
+from semstore.replica import catch_up
 from semstore.search import Classification, SearchHit, classify_codes, hits_from_rows
 
 if TYPE_CHECKING:
     from semstore.database import Database
+    from semstore.distributed import RayIngestOptions
     from semstore.encoders import Encoder
 
 #: Candidates re-scored exactly (decoded, cosine) by default after the ADC pass.
@@ -90,6 +92,11 @@ class Collection:
 
     # -- components ----------------------------------------------------------------------
     @property
+    def database(self) -> Database:
+        """The database this collection belongs to."""
+        return self._db
+
+    @property
     def encoder(self) -> Encoder:
         return self._db.encoder(self.model, self.pretrained)
 
@@ -117,6 +124,10 @@ class Collection:
             version = IndexVersion(codec.content_hash, state.count, state.max_id, state.revision)
             if self._index is not None and self._index_version == version:
                 return self._index
+            if self._index is not None and self._index.codec.content_hash == codec.content_hash:
+                # Another process wrote: apply only the difference (see semstore.replica).
+                self._index_version = catch_up(self._index, sessions=self._db.sessions, collection_id=self.id).version
+                return self._index
             directory = self._db.index_directory(self)
             self._index, _rebuilt = ADCIndex.load_or_build(directory, codec, version, self._load_codes)
             self._index_version = version
@@ -134,12 +145,23 @@ class Collection:
         *,
         metadata: Mapping[str, Any] | None = None,
         progress: bool = True,
+        ray: RayIngestOptions | None = None,
     ) -> IngestReport:
         """Ingest image files and folders (recursive); unchanged files are skipped.
 
-        Returns an :class:`IngestReport` with counts added / skipped and failures with reasons.
+        With ``ray`` (see :class:`semstore.distributed.RayIngestOptions`) the work runs on a
+        Ray cluster instead of this process. Returns an :class:`IngestReport` with counts
+        added / skipped and failures with reasons.
         """
         with self._lock:
+            if ray is not None:
+                from semstore.distributed import ray_ingest
+
+                try:
+                    return ray_ingest(self, sources, options=ray, metadata=metadata, progress=progress)
+                finally:
+                    self._codec = None  # the run may have attached a codec
+                    self._sync_after_write(save=True)
             pipeline = self._pipeline(self.index)
             try:
                 return pipeline.run(sources, metadata=metadata, progress=progress)
@@ -407,7 +429,7 @@ class Collection:
         """Adopt the database's new version if the in-memory index already matches it.
 
         Items this process wrote were applied to the index incrementally; if anybody else
-        wrote meanwhile, the counts or ids disagree and the next access rebuilds instead.
+        wrote meanwhile, the counts or ids disagree and the next access catches up.
         """
         codec = self.codec
         if codec is None:
@@ -419,8 +441,6 @@ class Collection:
             top = int(ids.max()) if ids.size else 0
             if len(index) == state.count and top == state.max_id:
                 self._index_version = IndexVersion(codec.content_hash, state.count, state.max_id, state.revision)
-            else:
-                self._index = None
         if save:
             current = self.index
             if current is not None:

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Folders whose images the server may ingest by path (none by default)."
     )
     inference_concurrency: int = Field(default=2, ge=1, description="Encoder/ingest jobs the server runs at once.")
+    index_poll_seconds: float = Field(
+        default=2.0, ge=0, description="How often the server applies other replicas' writes to its indexes (0: only on request)."
+    )
 
     def resolved_database_url(self) -> str:
         """The database URL to use: the explicit one, or a SQLite file in ``data_dir``."""

@@ -24,6 +24,7 @@ from server.auth import AuthMiddleware
 from server.errors import install_error_handlers
 from server.limits import BodySizeLimitMiddleware
 from server.metrics import MetricsMiddleware
+from server.replica import IndexPoller
 from server.routers.page import STATIC_DIR
 from server.state import AppState
 
@@ -76,9 +77,14 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
         ready = await anyio.to_thread.run_sync(state.warmup.run)
         if not ready:
             logger.warning("indexes not loaded at startup: %s", state.warmup.error)
+        poller = IndexPoller(state.database.get, settings.index_poll_seconds) if settings.index_poll_seconds > 0 else None
+        if poller is not None:
+            poller.start()
         try:
             yield
         finally:
+            if poller is not None:
+                await anyio.to_thread.run_sync(poller.stop)
             state.database.close()
 
     app = FastAPI(

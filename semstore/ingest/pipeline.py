@@ -31,6 +31,12 @@ class IngestError(RuntimeError):
     """An ingest run could not store anything (e.g. too few images to train a codec)."""
 
 
+TOO_FEW_TO_TRAIN = (
+    "a new collection needs at least 2 readable images to train its codec; "
+    "add more images or reuse a trained codec (--codec FILE)"
+)
+
+
 @dataclass(frozen=True)
 class BytesSource:
     """An image given as bytes (e.g. an HTTP upload) rather than a file; stored as ``uri``."""
@@ -192,15 +198,10 @@ class IngestPipeline:
         digests: dict[str, tuple[str, bytes]] = {}
         skipped = 0
         for path in paths:
-            if isinstance(path, BytesSource):
-                name, data = path.uri, path.data
-            else:
-                name = str(path)
-                try:
-                    data = path.read_bytes()
-                except OSError as exc:
-                    failed.append(FailedSource(name, f"cannot read file: {exc.strerror or exc}"))
-                    continue
+            name, data = read_source(path)
+            if isinstance(data, FailedSource):
+                failed.append(data)
+                continue
             digest = content_hash(data)
             if digest in seen or digest in digests:
                 skipped += 1
@@ -242,25 +243,12 @@ class IngestPipeline:
         self._buffer = []
         if self._codec is None:
             if len(decoded) < 2:
-                raise IngestError(
-                    "a new collection needs at least 2 readable images to train its codec; "
-                    "add more images or reuse a trained codec (--codec FILE)"
-                )
-            codec = self._codec_factory(embeddings.shape[1]).fit(embeddings, seed=0, progress=progress)
-            with storage.transaction(self._sessions) as session:
-                collection = storage.get_collection_by_id(session, collection_id=self._collection_id)
-                if collection.codec_id is not None:
-                    # Another process trained first: its codec wins so that codes stay comparable.
-                    row = storage.get_codec(session, codec_id=collection.codec_id)
-                    codec, codec_id = PQVAECodec.from_bytes(row.weights), row.id
-                else:
-                    row = storage.save_codec(
-                        session, content_hash=codec.content_hash, config=codec.config.to_dict(), weights=codec.to_bytes()
-                    )
-                    storage.set_collection_codec(session, collection_id=self._collection_id, codec_id=row.id)
-                    codec_id = row.id
-                    report.codec_trained = True
-                    report.codec_report = codec.report.summary() if codec.report else None
+                raise IngestError(TOO_FEW_TO_TRAIN)
+            trained = self._codec_factory(embeddings.shape[1]).fit(embeddings, seed=0, progress=progress)
+            codec, codec_id = attach_codec(self._sessions, self._collection_id, trained)
+            if codec is trained:
+                report.codec_trained = True
+                report.codec_report = codec.report.summary() if codec.report else None
             self._codec, self._codec_id = codec, codec_id
             report.codec_hash = codec.content_hash
             if self._on_codec_trained is not None:
@@ -276,34 +264,85 @@ class IngestPipeline:
         report: IngestReport,
     ) -> None:
         assert self._codec_id is not None
-        packed = storage.pack_codes(codes)
-        items = [
-            storage.NewItem(
-                source_uri=d.source,
-                content_hash=d.digest,
-                codes=row,
-                codec_id=self._codec_id,
-                width=d.width,
-                height=d.height,
-                metadata=dict(metadata) if metadata else None,
-            )
-            for d, row in zip(decoded, packed)
-        ]
-        try:
-            with storage.transaction(self._sessions) as session:
-                ids = storage.add_items(session, collection_id=self._collection_id, items=items)
-        except storage.DuplicateItemError:
-            # A concurrent writer stored some of these meanwhile: keep only the new ones.
-            with self._sessions() as session:
-                stored = storage.existing_hashes(
-                    session, collection_id=self._collection_id, hashes=[i.content_hash for i in items]
-                )
-            keep = [k for k, item in enumerate(items) if item.content_hash not in stored]
-            report.skipped += len(items) - len(keep)
-            items, codes = [items[k] for k in keep], codes[keep]
-            with storage.transaction(self._sessions) as session:
-                ids = storage.add_items(session, collection_id=self._collection_id, items=items)
+        items = new_items(
+            [(d.source, d.digest, d.width, d.height) for d in decoded], codes, codec_id=self._codec_id, metadata=metadata
+        )
+        kept, ids = store_items(self._sessions, self._collection_id, items)
+        report.skipped += len(items) - len(kept)
         report.added += len(ids)
-        report.added_items.extend((item.source_uri, int(i)) for item, i in zip(items, ids))
+        report.added_items.extend((items[k].source_uri, int(i)) for k, i in zip(kept, ids))
         if self._on_items_added is not None and ids:
-            self._on_items_added(np.asarray(ids, dtype=np.int64), codes)
+            self._on_items_added(np.asarray(ids, dtype=np.int64), codes[kept])
+
+
+# -- stages shared with the distributed pipeline (semstore.distributed) ----------------------
+def read_source(source: Path | BytesSource) -> tuple[str, bytes | FailedSource]:
+    """The name of a source and its bytes, or the :class:`FailedSource` saying why it is unreadable."""
+    if isinstance(source, BytesSource):
+        return source.uri, source.data
+    name = str(source)
+    try:
+        return name, source.read_bytes()
+    except OSError as exc:
+        return name, FailedSource(name, f"cannot read file: {exc.strerror or exc}")
+
+
+def attach_codec(sessions: sessionmaker[Session], collection_id: int, trained: PQVAECodec) -> tuple[PQVAECodec, int]:
+    """Store ``trained`` as the collection's codec; returns ``(codec, codec id)`` actually in use.
+
+    If another process attached a codec first, that one wins (so codes stay comparable)
+    and is returned instead of ``trained``.
+    """
+    with storage.transaction(sessions) as session:
+        collection = storage.get_collection_by_id(session, collection_id=collection_id)
+        if collection.codec_id is not None:
+            row = storage.get_codec(session, codec_id=collection.codec_id)
+            return PQVAECodec.from_bytes(row.weights), row.id
+        row = storage.save_codec(
+            session, content_hash=trained.content_hash, config=trained.config.to_dict(), weights=trained.to_bytes()
+        )
+        storage.set_collection_codec(session, collection_id=collection_id, codec_id=row.id)
+        return trained, row.id
+
+
+def new_items(
+    images: Sequence[tuple[str, str, int, int]],
+    codes: np.ndarray,
+    *,
+    codec_id: int,
+    metadata: Mapping[str, Any] | None,
+) -> list[storage.NewItem]:
+    """Rows to insert for ``(source, content hash, width, height)`` images and their codes."""
+    return [
+        storage.NewItem(
+            source_uri=source,
+            content_hash=digest,
+            codes=row,
+            codec_id=codec_id,
+            width=width,
+            height=height,
+            metadata=dict(metadata) if metadata else None,
+        )
+        for (source, digest, width, height), row in zip(images, storage.pack_codes(codes))
+    ]
+
+
+def store_items(
+    sessions: sessionmaker[Session], collection_id: int, items: list[storage.NewItem]
+) -> tuple[list[int], list[int]]:
+    """Insert ``items`` in one transaction; returns ``(positions stored, their new ids)``.
+
+    Items whose content hash a concurrent writer (or an earlier attempt of a retried task)
+    stored meanwhile are left out, so storing is idempotent.
+    """
+    positions = list(range(len(items)))
+    try:
+        with storage.transaction(sessions) as session:
+            return positions, storage.add_items(session, collection_id=collection_id, items=items)
+    except storage.DuplicateItemError:
+        with sessions() as session:
+            stored = storage.existing_hashes(session, collection_id=collection_id, hashes=[i.content_hash for i in items])
+        positions = [k for k, item in enumerate(items) if item.content_hash not in stored]
+        with storage.transaction(sessions) as session:
+            ids = storage.add_items(session, collection_id=collection_id, items=[items[k] for k in positions])
+        return positions, ids

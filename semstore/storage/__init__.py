@@ -33,9 +33,11 @@ from semstore.storage.errors import (
 from semstore.storage.migrate import current_revision, head_revision, upgrade_head
 from semstore.storage.models import API_KEY_SCOPES, ApiKey, Base, Codec, Collection, Item
 from semstore.storage.repository import (
+    CollectionFingerprint,
     CollectionState,
     NewItem,
     add_items,
+    collection_fingerprint,
     collection_pixels,
     collection_state,
     collection_stats,
@@ -51,6 +53,7 @@ from semstore.storage.repository import (
     get_collection_by_id,
     get_item,
     get_items,
+    item_ids,
     list_api_keys,
     list_collections,
     load_codes,
@@ -73,6 +76,7 @@ __all__ = [
     "CodecNotFoundError",
     "Collection",
     "CollectionExistsError",
+    "CollectionFingerprint",
     "CollectionNotFoundError",
     "CollectionState",
     "CorruptCodesError",
@@ -83,6 +87,7 @@ __all__ = [
     "NewItem",
     "StorageError",
     "add_items",
+    "collection_fingerprint",
     "collection_pixels",
     "collection_state",
     "collection_stats",
@@ -101,6 +106,7 @@ __all__ = [
     "get_item",
     "get_items",
     "head_revision",
+    "item_ids",
     "list_api_keys",
     "list_collections",
     "load_codes",

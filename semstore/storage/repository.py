@@ -333,11 +333,17 @@ def filter_item_ids(session: Session, *, collection_id: int, where: Mapping[str,
     return np.asarray(ids, dtype=np.int64)
 
 
-def _stream_id_code_rows(session: Session, collection_id: int) -> Iterator[list[tuple[int, bytes]]]:
+def _stream_id_code_rows(
+    session: Session, collection_id: int, after_id: int = 0, up_to_id: int | None = None
+) -> Iterator[list[tuple[int, bytes]]]:
     """Yield ``(id, codes)`` rows in chunks straight from the DBAPI cursor (no ORM/Row objects)."""
     table = Item.__table__
     dialect = session.get_bind().dialect
     stmt = select(table.c.id, table.c.codes).where(table.c.collection_id == int(collection_id)).order_by(table.c.id)
+    if after_id:
+        stmt = stmt.where(table.c.id > int(after_id))
+    if up_to_id is not None:
+        stmt = stmt.where(table.c.id <= int(up_to_id))
     sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     pooled = session.connection().connection
     if dialect.name == "postgresql":
@@ -355,9 +361,18 @@ def _stream_id_code_rows(session: Session, collection_id: int) -> Iterator[list[
 
 
 def load_codes(
-    session: Session, *, collection_id: int, num_subvectors: int, dtype: np.dtype[Any] | type | str = np.uint8
+    session: Session,
+    *,
+    collection_id: int,
+    num_subvectors: int,
+    dtype: np.dtype[Any] | type | str = np.uint8,
+    after_id: int = 0,
+    up_to_id: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """All ids (int64) and codes ``(n, num_subvectors)`` of the collection, ordered by id.
+
+    ``after_id`` / ``up_to_id`` keep only ids in ``(after_id, up_to_id]`` (e.g. items added
+    since an index was built).
 
     Codes are stored as the little-endian bytes of each row (see :func:`pack_codes`).
     Rows are streamed from the raw DBAPI cursor and assembled with one bytes join per
@@ -369,7 +384,7 @@ def load_codes(
     session.flush()
     id_parts: list[np.ndarray] = []
     buffer = bytearray()
-    for rows in _stream_id_code_rows(session, collection_id):
+    for rows in _stream_id_code_rows(session, collection_id, after_id, up_to_id):
         id_parts.append(np.fromiter(map(_first, rows), dtype=np.int64, count=len(rows)))
         buffer += b"".join(map(_second, rows))
     ids = np.concatenate(id_parts) if id_parts else np.empty(0, dtype=np.int64)
@@ -401,6 +416,35 @@ def collection_state(session: Session, *, collection_id: int) -> CollectionState
         select(func.count(Item.id), func.max(Item.id)).where(Item.collection_id == collection_id)
     ).one()
     return CollectionState(count=int(count), max_id=int(max_id or 0), revision=int(revision))
+
+
+class CollectionFingerprint(NamedTuple):
+    """:class:`CollectionState` plus the sum of all item ids, which tells apart sets of ids
+    of equal count (e.g. one item deleted and one committed late with a lower id)."""
+
+    revision: int
+    count: int
+    max_id: int
+    id_sum: int
+
+
+def collection_fingerprint(session: Session, *, collection_id: int) -> CollectionFingerprint:
+    """Revision, item count, largest id (0 when empty) and sum of ids of the collection."""
+    revision = session.scalar(select(Collection.revision).where(Collection.id == collection_id))
+    if revision is None:
+        raise CollectionNotFoundError(f"no collection with id {collection_id}")
+    count, max_id, id_sum = session.execute(
+        select(func.count(Item.id), func.max(Item.id), func.sum(Item.id)).where(Item.collection_id == collection_id)
+    ).one()
+    return CollectionFingerprint(int(revision), int(count), int(max_id or 0), int(id_sum or 0))
+
+
+def item_ids(session: Session, *, collection_id: int, up_to_id: int | None = None) -> np.ndarray:
+    """Ids (int64, ascending) of the collection's items, only those ``<= up_to_id`` if given."""
+    stmt = select(Item.id).where(Item.collection_id == collection_id).order_by(Item.id)
+    if up_to_id is not None:
+        stmt = stmt.where(Item.id <= up_to_id)
+    return np.asarray(session.scalars(stmt).all(), dtype=np.int64)
 
 
 def collection_stats(session: Session, *, collection_id: int) -> tuple[int, int]:

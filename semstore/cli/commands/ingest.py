@@ -1,7 +1,7 @@
 """The ingest command: image files and folders into a collection."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +21,26 @@ from semstore.cli.params import (
 )
 from semstore.cli.render import print_table
 
+if TYPE_CHECKING:
+    from semstore.distributed import RayIngestOptions
+
+_RAY = "Distributed (Ray)"
+
+
+def _ray_options(address: str, *, workers: int, gpus_per_worker: float | None, batch_size: int) -> "RayIngestOptions":
+    from semstore.distributed import RayIngestOptions, RayNotInstalledError, require_ray
+
+    try:
+        require_ray()
+    except RayNotInstalledError as exc:
+        raise CliError(str(exc)) from exc
+    return RayIngestOptions(
+        address=address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        batch_size=batch_size,
+    )
+
 
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Image files and folders (searched recursively).")],
@@ -32,6 +52,24 @@ def ingest(
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per encoder batch.")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run on a Ray cluster: `local` starts one on this machine, `auto` joins the running one "
+            "(RAY_ADDRESS or `ray start`), or HOST:6379 / ray://HOST:10001. "
+            'Needs pip install "semstore\\[distributed]".',
+            rich_help_panel=_RAY,
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Encoder actors (one model each) with --ray.", rich_help_panel=_RAY)
+    ] = 1,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option("--gpus-per-worker", min=0, help="GPUs per encoder actor with --ray (default: 1 if the cluster has GPUs, else 0).", rich_help_panel=_RAY),
+    ] = None,
     model: ModelOption = None,
     pretrained: PretrainedOption = None,
     db: DbOption = None,
@@ -47,11 +85,14 @@ def ingest(
     if missing:
         raise CliError(f"no such file or folder: {', '.join(missing)}")
     settings = build_settings(db=db, data_dir=data_dir, model=model, pretrained=pretrained, batch_size=batch_size)
+    options = None
+    if ray is not None:
+        options = _ray_options(ray, workers=workers, gpus_per_worker=gpus_per_worker, batch_size=settings.batch_size)
     with open_database(settings) as database:
         target, created = get_or_create(database, collection, codec=codec)
         if created:
             typer.echo(f"created collection {target.name!r} (model {target.model})")
-        report = target.add(paths, metadata=metadata or None, progress=not no_progress)
+        report = target.add(paths, metadata=metadata or None, progress=not no_progress, ray=options)
     typer.echo(report.summary())
     if report.failed:
         print_table(

@@ -1,0 +1,92 @@
+"""Keeping an in-memory index in step with a database that other processes write to.
+
+Every write bumps the collection's ``revision`` in the same transaction as the rows, so a
+replica (a ``semstore serve`` process, or any :class:`~semstore.Collection` that holds
+an index) notices changes by polling that counter, and :func:`catch_up` then applies only
+the difference: codes of ids above the index's largest id are fetched and added; only
+when the count or the sum of ids still disagrees (deletes, or a transaction that
+committed late with lower ids) are the ids, 8 bytes per item, compared in full.
+
+The database state is read first, and every later change bumps the revision again, so
+the version recorded here is never newer than what the index holds: the next poll
+repairs whatever a concurrent writer changed during a catch-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from semstore import storage
+from semstore.index import ADCIndex, IndexVersion
+
+logger = logging.getLogger(__name__)
+
+_SUM_MODULUS = 1 << 64
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """What one :func:`catch_up` did: the version reached, items added and removed."""
+
+    version: IndexVersion
+    added: int
+    removed: int
+    full_compare: bool
+
+
+def catch_up(index: ADCIndex, *, sessions: sessionmaker[Session], collection_id: int) -> CatchUp:
+    """Bring ``index`` up to the collection's current rows, fetching only what changed.
+
+    The index must hold codes of the collection's current codec (a codec change needs a rebuild).
+    """
+    codec = index.codec
+    with sessions() as session:
+        state = storage.collection_fingerprint(session, collection_id=collection_id)
+    ids = index.ids()
+    top = int(ids.max()) if ids.size else 0
+    added = removed = 0
+    if state.max_id > top:
+        with sessions() as session:
+            new_ids, new_codes = storage.load_codes(
+                session,
+                collection_id=collection_id,
+                num_subvectors=codec.num_subvectors,
+                dtype=codec.code_dtype,
+                after_id=top,
+                up_to_id=state.max_id,
+            )
+        index.add(new_ids, new_codes)
+        added += len(new_ids)
+    held = index.ids()
+    full = len(held) != state.count or _id_sum(held) != state.id_sum % _SUM_MODULUS
+    if full:
+        with sessions() as session:
+            stored = storage.item_ids(session, collection_id=collection_id, up_to_id=state.max_id)
+        removed = index.remove(np.setdiff1d(held, stored, assume_unique=True))
+        missing = np.setdiff1d(stored, held, assume_unique=True)
+        if missing.size:
+            added += _add_rows(index, sessions, collection_id, missing)
+    version = IndexVersion(codec.content_hash, state.count, state.max_id, state.revision)
+    logger.debug("collection %s: index caught up to %s (+%d -%d, full compare %s)", collection_id, version, added, removed, full)
+    return CatchUp(version, added, removed, full)
+
+
+def _id_sum(ids: np.ndarray) -> int:
+    return int(ids.astype(np.uint64).sum(dtype=np.uint64))  # wraps modulo 2**64, like the SQL sum taken modulo
+
+
+def _add_rows(index: ADCIndex, sessions: sessionmaker[Session], collection_id: int, ids: np.ndarray) -> int:
+    codec = index.codec
+    dtype = codec.code_dtype.newbyteorder("<")
+    with sessions() as session:
+        rows = storage.get_items(session, collection_id=collection_id, ids=ids.tolist())
+        found = np.asarray([row.id for row in rows], dtype=np.int64)
+        codes = np.stack([np.frombuffer(row.codes, dtype=dtype) for row in rows]) if rows else None
+    if codes is None:
+        return 0
+    index.add(found, codes.astype(codec.code_dtype))
+    return len(found)
