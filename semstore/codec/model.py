@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from semstore.codec.config import CodecConfig
+from semstore.codec.lut_search import LutBeamSearch
 from semstore.codec.quantizer import beam_encode, stage_codebooks
 from semstore.codec.training import FitReport, train_shared_codebook
 
@@ -88,7 +89,7 @@ class PQVAECodec:
         self.config = CodecConfig(dim=dim, num_subvectors=num_subvectors, codebook_size=codebook_size, **hyper)
         self.report: FitReport | None = None
         self._params: dict[str, np.ndarray] | None = None
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[str, Any] = {}
         self._content_hash: str | None = None
 
     # -- shape of the code -------------------------------------------------------------
@@ -193,6 +194,7 @@ class PQVAECodec:
             stage_books=self._stage_books(),
             directions=self._directions(data, params["inverse_transform"]),
             parallel_weight=self.config.parallel_weight,
+            lut=self._lut_search(),
         )
         return codes.astype(self.code_dtype)
 
@@ -335,6 +337,13 @@ class PQVAECodec:
             params = self._require()
             self._cache["stage"] = stage_codebooks(params["codebook"], params["blocks"])
         return self._cache["stage"]
+
+    def _lut_search(self) -> LutBeamSearch | None:
+        """FAISS look-up-table beam search over this codec's stage codebooks, when it applies."""
+        if "lut" not in self._cache:
+            books = self._stage_books()
+            self._cache["lut"] = LutBeamSearch(books) if LutBeamSearch.applies(books.shape[0], books.shape[1]) else None
+        return self._cache["lut"]
 
     def _decoder_books(self) -> np.ndarray:
         if "decoder" not in self._cache:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from semstore.codec.lut_search import LutBeamSearch
+
 _CHUNK = 2048
 
 
@@ -37,6 +39,7 @@ def beam_encode(
     *,
     directions: np.ndarray | None = None,
     parallel_weight: float = 1.0,
+    lut: LutBeamSearch | None = None,
 ) -> np.ndarray:
     """Residual beam search for the codes minimising the (anisotropic) reconstruction error.
 
@@ -48,9 +51,13 @@ def beam_encode(
     Stage m scores every shared codeword for every candidate residual through
     ``||r - B[m,k]||^2 = ||r||^2 - 2 <r, B[m,k]> + ||B[m,k]||^2`` and the ``beam_size`` best
     partial code sequences survive to the next stage; ``beam_size=1`` is greedy encoding.
+    Plain squared error runs in FAISS's look-up-table kernel (:mod:`~semstore.codec.lut_search`,
+    same codes; ``lut`` reuses a prepared one) wherever that applies.
     """
     books = stage_codebooks(codebook, blocks) if stage_books is None else stage_books
     anisotropic = directions is not None and parallel_weight != 1.0
+    if not anisotropic and (lut is not None or LutBeamSearch.applies(books.shape[0], books.shape[1])):
+        return (lut or LutBeamSearch(books)).encode(targets, beam_size)
     norms = np.einsum("mkD,mkD->mk", books, books)
     # <r, B[m,k]> either directly (D*K per stage) or through the shared codebook
     # (P[m].T r, then C: D*d + d*K), whichever costs fewer multiply-adds.

@@ -1,0 +1,67 @@
+"""Residual beam search through FAISS's look-up-table kernel (exact, much faster than numpy).
+
+For stage codebooks ``B`` (M, K, D) the squared error of a partial code depends on the
+vector only through ``<y, B[m, k]>`` (one matrix product per vector, computed here with
+BLAS) and on the codebooks through their cross products ``<B[m, k], B[m', k']>`` (computed
+once per codebook by FAISS). FAISS's ``ResidualQuantizer.refine_beam_LUT`` then runs the
+whole beam search from these tables in C++ (OpenMP), without touching D-dimensional
+residuals: the codes equal those of :func:`semstore.codec.quantizer.beam_encode`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Largest cross-product table (bytes) worth building: (M*K)^2 float32 values.
+MAX_TABLE_BYTES = 256 * 1024 * 1024
+_CHUNK = 4096
+
+
+class LutBeamSearch:
+    """FAISS look-up-table beam search over fixed stage codebooks (plain squared error).
+
+    Thread-safe: :meth:`encode` only reads the prepared tables.
+    """
+
+    def __init__(self, stage_books: np.ndarray) -> None:
+        import faiss
+
+        m_count, k_count, dim = stage_books.shape
+        if not self.applies(m_count, k_count):
+            raise ValueError(f"no FAISS look-up-table search for M={m_count}, K={k_count}")
+        self._flat_t = np.ascontiguousarray(stage_books.reshape(m_count * k_count, dim).T, dtype=np.float32)
+        self._m, self._k = m_count, k_count
+        quantizer = faiss.ResidualQuantizer(dim, m_count, k_count.bit_length() - 1)
+        faiss.copy_array_to_vector(np.ascontiguousarray(stage_books, dtype=np.float32).ravel(), quantizer.codebooks)
+        quantizer.is_trained = True
+        quantizer.use_beam_LUT = 1
+        quantizer.compute_codebook_tables()
+        self._quantizer = quantizer
+
+    @staticmethod
+    def applies(num_subvectors: int, codebook_size: int) -> bool:
+        """FAISS needs K = 2**nbits (nbits <= 8 here) and a cross-product table that fits."""
+        power_of_two = codebook_size >= 2 and codebook_size & (codebook_size - 1) == 0
+        return power_of_two and codebook_size <= 256 and 4 * (num_subvectors * codebook_size) ** 2 <= MAX_TABLE_BYTES
+
+    def encode(self, targets: np.ndarray, beam_size: int) -> np.ndarray:
+        """Codes (n, M) int64 minimising ``||y - sum_m B[m, codes[m]]||^2`` by beam search."""
+        import faiss
+
+        out = np.empty((targets.shape[0], self._m), dtype=np.int64)
+        # The beam width is an argument of the call (the quantizer's max_beam_size is not
+        # read), so one instance serves concurrent callers.
+        width = int(min(beam_size, float(self._k) ** self._m))
+        for start in range(0, targets.shape[0], _CHUNK):
+            chunk = np.ascontiguousarray(targets[start : start + _CHUNK], dtype=np.float32)
+            n = chunk.shape[0]
+            products = np.ascontiguousarray(chunk @ self._flat_t)  # <y, B[m, k]> for every codeword
+            norms = np.einsum("nD,nD->n", chunk, chunk).astype(np.float32)
+            codes = np.empty((n, width, self._m), dtype=np.int32)
+            distances = np.empty((n, width), dtype=np.float32)
+            self._quantizer.refine_beam_LUT(
+                n, faiss.swig_ptr(norms), faiss.swig_ptr(products), width,
+                faiss.swig_ptr(codes), faiss.swig_ptr(distances),
+            )
+            out[start : start + n] = codes[:, 0, :]
+        return out
