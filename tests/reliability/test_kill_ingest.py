@@ -33,7 +33,7 @@ from tests.reliability.conftest import (
     settings_for,
     write_images,
 )
-from tests.reliability.ingest_child import PRELOAD, ingest, read_acks
+from tests.reliability.children import PRELOAD, ingest, read_acks
 
 pytestmark = pytest.mark.reliability
 

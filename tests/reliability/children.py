@@ -1,4 +1,4 @@
-"""The process the kill-during-ingest test SIGKILLs: ingests a folder in small acknowledged batches.
+"""The processes the reliability tests SIGKILL: an acknowledged ingest, and a loop of index saves.
 
 It is started from a multiprocessing forkserver that has imported torch, open_clip and
 semstore once (``PRELOAD``), so each of the many restarts costs a fork, not an import.
@@ -14,13 +14,14 @@ import tempfile
 from pathlib import Path
 
 import open_clip  # noqa: F401 - preloaded by the forkserver, so children only fork
+import numpy as np
 import torch
 
 import semstore
 from semstore.config import Settings
 from semstore.encoders import TINY_TEST_MODEL, OpenClipEncoder
 
-PRELOAD = ["tests.reliability.ingest_child"]
+PRELOAD = ["tests.reliability.children"]
 DONE = "done"
 
 # Built once in the forkserver (the tokenizer alone takes a second): children inherit it.
@@ -98,3 +99,32 @@ def read_acks(path: Path) -> tuple[dict[int, str], bool]:
             item_id, source = line.split("\t", 1)
             acked[int(item_id)] = source
     return acked, finished
+
+
+def save_loop(codec_path: str, directory: str, ack_path: str, items: int) -> None:
+    """Save an index of ``items`` then ``items + 1`` codes, alternately, forever (until killed).
+
+    Version ``n`` holds ids ``1..n``; after each completed save its item count is appended
+    to ``ack_path``. Codes are derived from the ids so a reader can check them.
+    """
+    from semstore.codec import PQVAECodec
+    from semstore.index import ADCIndex, IndexVersion
+
+    codec = PQVAECodec.load(codec_path)
+    index = ADCIndex.build(codec, np.arange(1, items + 1), expected_codes(codec, items))
+    extra = expected_codes(codec, items + 1)[-1:]
+    fd = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    while True:
+        for count in (items + 1, items):
+            if count > len(index):
+                index.add(np.array([count]), extra)
+            else:
+                index.remove(np.array([count + 1]))
+            index.save(directory, IndexVersion(codec.content_hash, count, count, count))
+            os.write(fd, f"{count}\n".encode())
+
+
+def expected_codes(codec, count: int) -> np.ndarray:  # noqa: ANN001
+    """The codes of ids ``1..count`` in :func:`save_loop`'s indexes."""
+    rng = np.random.default_rng(7)
+    return rng.integers(0, codec.codebook_size, (count, codec.num_subvectors)).astype(codec.code_dtype)
