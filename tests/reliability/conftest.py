@@ -213,3 +213,38 @@ def error_shape(response: httpx.Response) -> Mapping[str, object] | None:
 
 def codes_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+@dataclass
+class Served:
+    """A server subprocess over a database holding collection ``photos`` (shipped codec) and two keys."""
+
+    server: ServerProcess
+    settings: Settings
+    admin: str
+    reader: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(self, key: str | None = None, **kwargs: object) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120.0, **kwargs)  # type: ignore[arg-type]
+
+
+def serve_photos(url: str, root: Path, codec: PQVAECodec, encoder: Encoder, **overrides: object) -> Served:
+    """Migrate ``url``, create ``photos`` with ``codec`` and an admin and a reader key, start a server on it."""
+    import semstore
+    from semstore import apikeys
+
+    settings = settings_for(url, root / "data", **overrides)
+    database = semstore.connect(url, settings=settings, encoder_factory=encoder_factory(encoder))
+    try:
+        database.create_collection(COLLECTION, codec=codec)
+        admin = apikeys.create_api_key(database.sessions, "admin", "read-write")[1]
+        reader = apikeys.create_api_key(database.sessions, "reader", "read")[1]
+    finally:
+        database.close()
+    server = ServerProcess(settings, root / "server.log").start()
+    return Served(server, settings, admin, reader)
