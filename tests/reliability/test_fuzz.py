@@ -34,7 +34,7 @@ from tests.reliability.conftest import COLLECTION, LONG, encoder_factory, figure
 
 pytestmark = pytest.mark.reliability
 
-MAX_EXAMPLES = scaled(10, 100)
+MAX_EXAMPLES = scaled(10, 50)
 FUZZ_EXAMPLES = scaled(150, 5000)
 MAX_PIXELS = 4_000_000
 CONFIG = """

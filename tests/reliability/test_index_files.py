@@ -27,7 +27,7 @@ from tests.reliability.conftest import COLLECTION, encoder_factory, figures, ima
 
 pytestmark = pytest.mark.reliability
 
-SAVE_KILLS = scaled(15, 300)
+SAVE_KILLS = scaled(15, 200)
 ITEMS = 100_000  # 800 KB of codes: a save takes long enough for kills to land inside it
 
 
