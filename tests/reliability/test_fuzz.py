@@ -30,6 +30,7 @@ import semstore
 from semstore import apikeys
 from semstore.ingest.images import BadImageError, open_image
 from tests.e2e.conftest import LiveServer, e2e_settings, start_server
+from tests.e2e.test_schemathesis import CONFIG  # the same fixed path parameters
 from tests.reliability.conftest import COLLECTION, LONG, encoder_factory, figures, image_bytes, scaled
 
 pytestmark = pytest.mark.reliability
@@ -37,15 +38,6 @@ pytestmark = pytest.mark.reliability
 MAX_EXAMPLES = scaled(10, 50)
 FUZZ_EXAMPLES = scaled(150, 5000)
 MAX_PIXELS = 4_000_000
-CONFIG = """
-[parameters]
-"path.name" = "photos"
-"path.item_id" = 2
-
-[[operations]]
-include-operation-id = "delete_collection_v1_collections__name__delete"
-parameters = { "path.name" = "not-this-one" }
-"""
 
 
 @pytest.fixture(scope="module")

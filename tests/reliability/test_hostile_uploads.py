@@ -17,7 +17,7 @@ import io
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,7 +27,6 @@ from PIL import Image
 
 from tests.reliability.conftest import (
     COLLECTION,
-    Served,
     error_shape,
     figures,
     image_bytes,
