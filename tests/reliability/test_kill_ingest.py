@@ -99,6 +99,8 @@ def check_invariants(url: str, settings: Settings, collection: str, acked: dict[
     try:
         with database.engine.connect() as connection:
             if database.engine.dialect.name == "sqlite":
+                assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+                assert connection.execute(text("PRAGMA synchronous")).scalar_one() == 2  # FULL
                 assert connection.execute(text("PRAGMA integrity_check")).scalars().all() == ["ok"]
                 assert connection.execute(text("PRAGMA foreign_key_check")).all() == []
             (collection_id, codec_id) = connection.execute(
