@@ -13,9 +13,10 @@ import os
 import tempfile
 from pathlib import Path
 
-import open_clip  # noqa: F401 - preloaded by the forkserver, so children only fork
 import numpy as np
+import open_clip  # noqa: F401 - preloaded by the forkserver, so children only fork
 import torch
+from sqlalchemy import text
 
 import semstore
 from semstore.config import Settings
@@ -55,11 +56,13 @@ def _warm_up() -> None:
 _warm_up()
 
 
-def ingest(settings_json: str, collection: str, folder: str, ack_path: str, per_call: int) -> None:
+def ingest(settings_json: str, collection: str, folder: str, ack_path: str, per_call: int, skip_stored: bool) -> None:
     """Add every image of ``folder`` to ``collection`` ``per_call`` files at a time, acknowledging each call.
 
     With a collection that has no codec yet, the first call holds ``codec_bootstrap_size``
-    files, so the codec is trained (and stored with the first items) inside it.
+    files, so the codec is trained (and stored with the first items) inside it. With
+    ``skip_stored`` the files whose path is already a stored source are left out up front,
+    so that a restart spends its time on new items rather than on the library's dedup.
     """
     settings = Settings.model_validate_json(settings_json)
     if settings.model != TINY_TEST_MODEL:
@@ -70,6 +73,10 @@ def ingest(settings_json: str, collection: str, folder: str, ack_path: str, per_
     )
     target = database.collection(collection)
     files = sorted(Path(folder).iterdir())
+    if skip_stored:
+        with database.engine.connect() as connection:
+            stored = set(connection.execute(text("SELECT source_uri FROM items WHERE collection_id = :c"), {"c": target.id}).scalars())
+        files = [path for path in files if str(path) not in stored]
     first = per_call if target.codec is not None else settings.codec_bootstrap_size
     calls = [files[:first]] + [files[i : i + per_call] for i in range(first, len(files), per_call)]
     fd = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

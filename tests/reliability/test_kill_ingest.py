@@ -73,7 +73,8 @@ class Killer:
         """One child run; killed after ``uniform(*kill_within)`` s, or run to the end. True if it finished."""
         self.runs += 1
         acks = self.workdir / f"acks-{self.runs:04d}.txt"
-        args = (self.settings.model_dump_json(), collection, str(self.folder), str(acks), PER_CALL)
+        # Killed runs skip stored files up front; the last run re-reads the whole folder (library dedup).
+        args = (self.settings.model_dump_json(), collection, str(self.folder), str(acks), PER_CALL, kill_within is not None)
         child = self.context.Process(target=ingest, args=args)
         child.start()
         if kill_within is None:
