@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
@@ -209,10 +208,6 @@ def error_shape(response: httpx.Response) -> Mapping[str, object] | None:
     if set(error) != {"code", "message", "detail"} or not isinstance(error["message"], str) or not error["message"]:
         return None
     return error
-
-
-def codes_equal(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
 @dataclass
