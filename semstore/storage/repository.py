@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, type_coerce, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, or_, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -291,17 +291,19 @@ def update_item_metadata(
     return item
 
 
-def _sqlite_metadata_condition(path: str, value: MetadataValue) -> ColumnElement[bool]:
-    # json_extract turns true/false into 1/0, so json_type is what tells a boolean from
-    # a number (and a number from a numeric-looking string).
-    kind = func.json_type(Item.metadata_, path)
+def _sqlite_metadata_condition(key: str, value: MetadataValue) -> ColumnElement[bool]:
+    # json_each yields unescaped member names; a json_extract path would compare the stored,
+    # escaped text and miss keys with backslashes or non-ASCII characters (json.dumps escapes them).
+    # Its type column is what tells a boolean from a number (and a number from a numeric-looking string).
+    member = func.json_each(Item.metadata_).table_valued("key", "type", "value")
     if isinstance(value, bool):
-        return kind == ("true" if value else "false")
-    extracted = func.json_extract(Item.metadata_, path)
-    if isinstance(value, str):
-        return and_(kind == "text", type_coerce(extracted, String) == value)
-    number_type = Float if isinstance(value, float) else Integer
-    return and_(or_(kind == "integer", kind == "real"), type_coerce(extracted, number_type) == value)
+        matches = member.c.type == ("true" if value else "false")
+    elif isinstance(value, str):
+        matches = and_(member.c.type == "text", type_coerce(member.c.value, String) == value)
+    else:
+        number_type = Float if isinstance(value, float) else Integer
+        matches = and_(or_(member.c.type == "integer", member.c.type == "real"), type_coerce(member.c.value, number_type) == value)
+    return exists().where(member.c.key == key, matches)
 
 
 def filter_item_ids(session: Session, *, collection_id: int, where: Mapping[str, MetadataValue]) -> np.ndarray:
@@ -326,7 +328,7 @@ def filter_item_ids(session: Session, *, collection_id: int, where: Mapping[str,
         for key, value in where.items():
             if '"' in key:
                 raise ValueError(f"metadata keys used in filters cannot contain '\"': {key!r}")
-            conditions.append(_sqlite_metadata_condition(f'$."{key}"', value))
+            conditions.append(_sqlite_metadata_condition(key, value))
     else:
         raise StorageError(f"metadata filters are not implemented for {dialect}")
     ids = session.scalars(select(Item.id).where(*conditions).order_by(Item.id)).all()

@@ -433,6 +433,21 @@ def test_filter_item_ids_compares_types(db_sessions: sessionmaker[Session]) -> N
             filter_item_ids(session, collection_id=photos, where={"score": float("nan")})
 
 
+def test_filter_item_ids_matches_keys_with_backslashes_and_non_ascii(db_sessions: sessionmaker[Session]) -> None:
+    # SQLite stores such keys escaped by json.dumps; a json_extract path never matched them.
+    codec_id = _codec_id(db_sessions)
+    photos = _collection_id(db_sessions, "photos", codec_id)
+    keys = ["\\", "\\'", "é 漢字 🙂", "a\u2028b", "$.x", "[0]"]
+    items = [NewItem(f"u{i}", f"h{i}", b"\x01" * M, codec_id, metadata={key: key, "n": i}) for i, key in enumerate(keys)]
+    with transaction(db_sessions) as session:
+        ids = add_items(session, collection_id=photos, items=items)
+    with db_sessions() as session:
+        for item_id, key in zip(ids, keys):
+            assert filter_item_ids(session, collection_id=photos, where={key: key}).tolist() == [item_id], key
+            assert filter_item_ids(session, collection_id=photos, where={key: key, "n": ids.index(item_id)}).tolist() == [item_id]
+            assert filter_item_ids(session, collection_id=photos, where={key: "other"}).tolist() == []
+
+
 def test_load_codes_round_trip_10k(db_sessions: sessionmaker[Session]) -> None:
     codec_id = _codec_id(db_sessions)
     photos = _collection_id(db_sessions, "photos", codec_id)
