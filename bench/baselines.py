@@ -363,6 +363,7 @@ class PQVAEBaseline(Compressor):
         self.codec = PQVAECodec(dim=dim, num_subvectors=int(m), codebook_size=codebook_size, **hyper)
         self.nbits = int(code_bits) if code_bits == int(code_bits) else None
         self.details = f"M={int(m)} K={codebook_size}" + (" +fit queries" if fit_queries is not None else "")
+        self.details += "".join(f", {name}={value}" for name, value in sorted(hyper.items()))
         self._index: Any = None
 
     def fit(self, train: np.ndarray) -> None:

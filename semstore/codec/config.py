@@ -19,6 +19,9 @@ class CodecConfig:
     each vector becomes M integers in ``[0, K)``, i.e. ``M * log2(K)`` bits.
     ``subvector_dim`` (d) is the width of the shared codebook's codewords; it is the rank
     shared by the M decoder blocks (see :mod:`semstore.codec.model`).
+    ``beam_size`` is the beam of the residual search that encodes (16: measured +0.01
+    10-recall@10 and paired R@1 over 4 on MiniLM at 128 bits, at almost no cost through
+    FAISS's look-up-table search); ``train_beam_size`` the one used while training.
     ``parallel_weight`` (w >= 1) weighs the reconstruction error along each item's own
     direction w times more than the error across it (ScaNN's score-aware loss); 1 is plain
     squared error.
@@ -28,8 +31,8 @@ class CodecConfig:
     num_subvectors: int = 16
     codebook_size: int = 256
     subvector_dim: int | None = None
-    beam_size: int = 4
-    train_beam_size: int | None = None
+    beam_size: int = 16
+    train_beam_size: int | None = 4
     iterations: int = 8
     kmeans_iterations: int = 16
     query_weighting: float = 0.0
