@@ -2,11 +2,12 @@
 
 For sub-linear search past 10^6 items. The codes stay exactly the stored codes:
 
-* every item lives in the codec's sub-query space as its concatenated codewords
-  ``x'_c = [codebook[c_1], ..., codebook[c_M]]``, so ``<q'_query, x'_c>`` is its ADC score
-  (minus ``codec.query_offset``); coarse centroids are spherical k-means centroids of a
-  sample of those decoded vectors, and each item goes to the list whose centroid has the
-  largest inner product with it;
+* coarse centroids are spherical k-means centroids of a sample of the items' decoded vectors
+  (``codec.decode(codes, normalize=False)`` minus the codec mean, in embedding space), and each
+  item goes to the list whose centroid has the largest inner product with its decoded vector;
+* FAISS only ever sees the sub-queries ``q' = q G`` (``G``: the codec's linear query
+  transform), so each centroid ``c`` is stored as the least-squares ``c'`` with ``G c' = c``:
+  then ``<q', c'> = <q, c>``, the centroid's score for the query;
 * the lists hold the item's own codes, with no residual encoding (``by_residual = False``);
 * K <= 16: FAISS ``IndexIVFPQFastScan`` (4-bit SIMD scan with quantised tables) ranks
   ``refine * k`` candidates and an ``IndexRefine`` re-scores them exactly from a flat copy of
@@ -37,6 +38,7 @@ from semstore.index.layouts import (
     unpack_codes,
 )
 from semstore.index.lookup import IdLookup, as_id_array, unique_sorted
+from semstore.index.queries import QueryMap
 from semstore.index.store import search_padded
 
 _ASSIGN_CHUNK = 65_536
@@ -70,6 +72,7 @@ class IVFADCIndex:
         self._ids = ids
         self._flat = flat
         self._lookup = IdLookup(ids)
+        self._queries = QueryMap(codec)
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -105,15 +108,19 @@ class IVFADCIndex:
         layout = choose_layout(codec.codebook_size)
         m, width = codec.num_subvectors, codec.subvector_dim
         nbits = code_bits(codec.codebook_size, layout)
+        queries = QueryMap(codec)
+        centroids = _coarse_centroids(codec, queries, code_array, lists, train_size, kmeans_iterations, seed)
+        embedded = faiss.IndexFlatIP(codec.dim)
+        embedded.add(centroids)
         quantizer = faiss.IndexFlatIP(m * width)
-        quantizer.add(_coarse_centroids(codec, code_array, lists, train_size, kmeans_iterations, seed))
+        quantizer.add(np.ascontiguousarray(np.linalg.lstsq(queries.matrix, centroids.T, rcond=None)[0].T, dtype=np.float32))
         ivf = faiss.IndexIVFPQ(quantizer, m * width, lists, m, nbits, faiss.METRIC_INNER_PRODUCT)
         ivf.by_residual = False
         faiss.copy_array_to_vector(shared_centroids(codec.codebook, m, nbits), ivf.pq.centroids)
         ivf.is_trained = True
         packed = pack_codes(code_array, nbits)
         positions = np.arange(len(id_array), dtype=np.int64)  # FAISS labels = storage positions
-        _fill_lists(ivf, _assign(codec, quantizer, code_array), positions, packed)
+        _fill_lists(ivf, _assign(codec, queries, embedded, code_array), positions, packed)
         flat = new_pq_index(codec.codebook, m, nbits)
         flat.add_sa_codes(packed)
         if layout == "fastscan":
@@ -182,8 +189,7 @@ class IVFADCIndex:
         for name, value in (("k", k), ("nprobe", nprobe), ("refine", refine)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        sub = self._codec.query_transform(queries)
-        offset = self._codec.query_offset(queries)
+        sub, offset = self._queries(queries)
         ivf_params = faiss.SearchParametersIVF(nprobe=min(int(nprobe), self.nlist))
         if self._index is self._ivf:
             params: faiss.SearchParameters = ivf_params
@@ -199,17 +205,17 @@ class IVFADCIndex:
         return f"IVFADCIndex(nlist={self.nlist}, ntotal={self.ntotal}, M={self._codec.num_subvectors}, K={self._codec.codebook_size})"
 
 
-def _decoded(codec: PQVAECodec, codes: np.ndarray) -> np.ndarray:
-    """Items in the sub-query space: concatenated codewords (n, M * d) float32."""
-    return codec.codebook[codes].reshape(len(codes), -1)
+def _decoded(codec: PQVAECodec, queries: QueryMap, codes: np.ndarray) -> np.ndarray:
+    """Decoded vectors minus the codec mean (the part of an item that queries score), float32."""
+    return codec.decode(codes, normalize=False) - queries.mean
 
 
 def _coarse_centroids(
-    codec: PQVAECodec, codes: np.ndarray, nlist: int, train_size: int, iterations: int, seed: int
+    codec: PQVAECodec, queries: QueryMap, codes: np.ndarray, nlist: int, train_size: int, iterations: int, seed: int
 ) -> np.ndarray:
     rng = np.random.default_rng(seed)
     sample = codes if len(codes) <= train_size else codes[np.sort(rng.choice(len(codes), train_size, replace=False))]
-    vectors = _decoded(codec, sample)
+    vectors = np.ascontiguousarray(_decoded(codec, queries, sample))
     if nlist == 1:
         return vectors.mean(axis=0, keepdims=True)
     kmeans = faiss.Kmeans(vectors.shape[1], nlist, niter=iterations, spherical=True, seed=seed, max_points_per_centroid=256)
@@ -217,12 +223,12 @@ def _coarse_centroids(
     return kmeans.centroids
 
 
-def _assign(codec: PQVAECodec, quantizer: faiss.IndexFlatIP, codes: np.ndarray) -> np.ndarray:
+def _assign(codec: PQVAECodec, queries: QueryMap, embedded: faiss.IndexFlatIP, codes: np.ndarray) -> np.ndarray:
     """List number of every item: the centroid with the largest inner product (chunked)."""
     lists = np.empty(len(codes), dtype=np.int64)
     for start in range(0, len(codes), _ASSIGN_CHUNK):
         chunk = codes[start : start + _ASSIGN_CHUNK]
-        lists[start : start + len(chunk)] = quantizer.search(_decoded(codec, chunk), 1)[1][:, 0]
+        lists[start : start + len(chunk)] = embedded.search(np.ascontiguousarray(_decoded(codec, queries, chunk)), 1)[1][:, 0]
     return lists
 
 

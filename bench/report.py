@@ -1,0 +1,69 @@
+"""Shared by the performance benches: machine facts, timing helpers, appending to RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+CACHE = Path(__file__).with_name(".cache")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    return "{:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def machine_facts() -> str:
+    """CPU model, cores, load average (1/5/15 min) and library versions, one line."""
+    import faiss
+    import numpy as np
+
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, load avg {load_average()}, Python {platform.python_version()}, "
+        f"faiss {faiss.__version__}, numpy {np.__version__}"
+    )
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+
+
+def append_results(title: str, body: str, path: Path = RESULTS) -> None:
+    """Append one dated section (title, command, machine, body) at the END of RESULTS.md."""
+    section = (
+        f"\n## {title} ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n\n"
+        f"Command: `{command_line()}`  \nMachine: {machine_facts()}\n\n{body.rstrip()}\n"
+    )
+    with path.open("a", encoding="utf-8") as out:
+        out.write(section)
+
+
+def median_seconds(run: Callable[[], object], *, budget_s: float, min_runs: int = 3, max_runs: int = 200) -> float:
+    """Median wall time of ``run()`` over repeats until ``budget_s`` is spent (at least ``min_runs``).
+
+    The median, not the mean: other jobs share the CPU, and a median ignores their spikes.
+    """
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
