@@ -71,7 +71,7 @@ class IVFADCIndex:
         self._ivf = ivf
         self._ids = ids
         self._flat = flat
-        self._lookup = IdLookup(ids)
+        self._lookup = IdLookup(ids, lambda: self._ids)
         self._queries = QueryMap(codec)
 
     # -- construction --------------------------------------------------------------------
