@@ -121,6 +121,10 @@ def search_padded(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``index.search`` for any k >= 1 (k beyond ntotal is padded with -inf / -1)."""
     nq = sub_queries.shape[0]
+    if nq and k <= index.ntotal:  # the common case: no padding to allocate
+        scores, positions = index.search(sub_queries, k, params=params)
+        scores[positions < 0] = -np.inf
+        return scores, positions
     scores = np.full((nq, k), -np.inf, dtype=np.float32)
     positions = np.full((nq, k), -1, dtype=np.int64)
     found = min(k, int(index.ntotal))
