@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import semstore  # noqa: E402
-from bench.report import CACHE, append_results  # noqa: E402
+from bench.report import CACHE, publish  # noqa: E402
 from bench.search_data import train_vectors  # noqa: E402
 from semstore import storage  # noqa: E402
 from semstore.codec import PQVAECodec  # noqa: E402
@@ -164,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict,
         ]
     )
-    print(body)
-    if not args.no_write:
-        append_results("Ingest speed", body)
+    publish("Ingest speed", body, write=not args.no_write)
     return 0
 
 

@@ -55,6 +55,13 @@ def append_results(title: str, body: str, path: Path = RESULTS) -> None:
         out.write(section)
 
 
+def publish(title: str, body: str, *, write: bool) -> None:
+    """Print a bench's report; with ``write``, also append it to RESULTS.md."""
+    print(body)
+    if write:
+        append_results(title, body)
+
+
 def median_seconds(run: Callable[[], object], *, budget_s: float, min_runs: int = 3, max_runs: int = 200) -> float:
     """Median wall time of ``run()`` over repeats until ``budget_s`` is spent (at least ``min_runs``).
 

@@ -36,7 +36,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 
 from bench.cold_start import disk_bytes, fill, small_codec  # noqa: E402
-from bench.report import append_results  # noqa: E402
+from bench.report import publish  # noqa: E402
 from semstore import storage  # noqa: E402
 from semstore.codec import PQVAECodec  # noqa: E402
 from semstore.index import ADCIndex  # noqa: E402
@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({'met' if semstore_sqlite <= 64 else f'MISSED by {semstore_sqlite - 64:.0f} B'}).",
         ]
     )
-    print(body)
-    if not args.no_write:
-        append_results("Storage and memory per item", body)
+    publish("Storage and memory per item", body, write=not args.no_write)
     return 0
 
 
