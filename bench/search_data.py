@@ -7,7 +7,9 @@ largest one and a larger run reuses the chunks of a smaller one.
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 import numpy as np
 
 from bench.datasets import SyntheticSpace
@@ -37,11 +39,18 @@ def queries(n: int) -> np.ndarray:
     return _space().views(n, np.random.default_rng([SEED, 2]))[1]
 
 
+def _save(path: Path, array: np.ndarray) -> None:
+    """Write then rename: an interrupted run never leaves a truncated cache file."""
+    partial = path.with_name(path.name + ".partial.npy")
+    np.save(partial, array)
+    os.replace(partial, path)
+
+
 def _chunk_vectors(i: int) -> np.ndarray:
     path = FOLDER / f"db-{i}.npy"
     if not path.exists():
         FOLDER.mkdir(parents=True, exist_ok=True)
-        np.save(path, _space().views(CHUNK, np.random.default_rng([SEED, 100 + i]))[0])
+        _save(path, _space().views(CHUNK, np.random.default_rng([SEED, 100 + i]))[0])
     return np.load(path, mmap_mode="r")
 
 
@@ -73,7 +82,7 @@ def codes(model: PQVAECodec, n: int) -> tuple[np.ndarray, float]:
         path = FOLDER / f"codes-{model.content_hash[:16]}-{i}.npy"
         if not path.exists():
             t0 = time.perf_counter()
-            np.save(path, model.encode(_chunk_vectors(i)))
+            _save(path, model.encode(_chunk_vectors(i)))
             spent += time.perf_counter() - t0
         parts.append(np.load(path))
     return np.concatenate(parts)[:n], spent
