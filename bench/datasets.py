@@ -444,6 +444,33 @@ def load_minilm_docstrings(
 # --------------------------------------------------------------------------- synthetic
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+class SyntheticSpace:
+    """The fixed parts of the SYNTHETIC CLIP-like generator: latent lift, class means, modality gap."""
+
+    def __init__(self, dim: int, latent_dim: int, n_classes: int, rng: np.random.Generator) -> None:
+        basis, _ = np.linalg.qr(rng.standard_normal((dim, latent_dim)))
+        spectrum = 1.0 / np.sqrt(1.0 + np.arange(latent_dim))
+        self.dim, self.latent_dim, self.n_classes = dim, latent_dim, n_classes
+        self.lift = (basis * spectrum).T.astype(np.float32)  # (latent_dim, dim)
+        self.means = rng.standard_normal((n_classes, latent_dim)).astype(np.float32)
+        gap = rng.standard_normal(dim).astype(np.float32)
+        self.gap = gap * (0.5 / np.linalg.norm(gap))
+
+    def views(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(document view, query view, labels) of ``n`` new items."""
+        labels = rng.integers(0, self.n_classes, n)
+        z = self.means[labels] + 1.2 * rng.standard_normal((n, self.latent_dim)).astype(np.float32)
+        base = z @ self.lift
+        scale = float(np.linalg.norm(base, axis=1).mean())
+        doc = _unit(base + 0.35 * scale / np.sqrt(self.dim) * rng.standard_normal((n, self.dim)))
+        query = _unit(base + 0.6 * scale / np.sqrt(self.dim) * rng.standard_normal((n, self.dim)) + self.gap * scale)
+        return doc, query, labels
+
+
 def make_synthetic_clip_like(
     n_train: int = 20_000,
     n_test: int = 5_000,
@@ -462,30 +489,11 @@ def make_synthetic_clip_like(
     modality gap of CLIP. Class prompts are the text-view lift of the class means.
     """
     rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((dim, latent_dim)))
-    spectrum = 1.0 / np.sqrt(1.0 + np.arange(latent_dim))
-    lift = (basis * spectrum).T.astype(np.float32)  # (latent_dim, dim)
-    means = rng.standard_normal((n_classes, latent_dim)).astype(np.float32)
-    gap = rng.standard_normal(dim).astype(np.float32)
-    gap *= 0.5 / np.linalg.norm(gap)
-
-    def norm(x: np.ndarray) -> np.ndarray:
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    def views(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        labels = rng.integers(0, n_classes, n)
-        z = means[labels] + 1.2 * rng.standard_normal((n, latent_dim)).astype(np.float32)
-        base = z @ lift
-        scale = float(np.linalg.norm(base, axis=1).mean())
-        doc = norm(base + 0.35 * scale / np.sqrt(dim) * rng.standard_normal((n, dim)))
-        query = norm(base + 0.6 * scale / np.sqrt(dim) * rng.standard_normal((n, dim))
-                     + gap * scale)
-        return doc, query, labels
-
-    train, _, _ = views(n_train)
-    test, test_queries, test_labels = views(n_test)
-    prompts_base = means @ lift
-    prompts = norm(prompts_base + gap * float(np.linalg.norm(prompts_base, axis=1).mean()))
+    space = SyntheticSpace(dim, latent_dim, n_classes, rng)
+    train, _, _ = space.views(n_train, rng)
+    test, test_queries, test_labels = space.views(n_test, rng)
+    prompts_base = space.means @ space.lift
+    prompts = _unit(prompts_base + space.gap * float(np.linalg.norm(prompts_base, axis=1).mean()))
     return EmbeddingDataset(
         name="synthetic",
         description=(

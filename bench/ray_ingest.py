@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import semstore  # noqa: E402
-from bench.report import load_average, publish  # noqa: E402
+from bench.report import load_average, publish_section  # noqa: E402
 from semstore.config import Settings  # noqa: E402
 from semstore.distributed import RayIngestOptions, require_ray  # noqa: E402
 
@@ -140,7 +140,7 @@ def main() -> None:
         f"Scaling efficiency 1 -> 2 workers: {efficiency:.2f} (throughput(2) / (2 x throughput(1)))." if efficiency else "",
         "",
     ]
-    publish(lines, append=not args.no_results)
+    publish_section(lines, append=not args.no_results)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import load_average, publish  # noqa: E402
+from bench.report import load_average, publish_section  # noqa: E402
 from semstore.codec import PQVAECodec  # noqa: E402
 from semstore.index import ADCIndex  # noqa: E402
 
@@ -104,7 +104,7 @@ def main() -> None:
         *rows,
         "",
     ]
-    publish(lines, append=not args.no_results)
+    publish_section(lines, append=not args.no_results)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,85 @@
-"""Printing a benchmark's report and appending it to ``bench/RESULTS.md``."""
+"""Shared by the performance benches: machine facts, timing helpers, appending to RESULTS.md."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+CACHE = Path(__file__).with_name(".cache")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def load_average() -> str:
-    """The 1, 5 and 15 minute load averages, e.g. ``"2.1 1.8 1.5"``."""
-    return " ".join(f"{value:.1f}" for value in os.getloadavg())
+    return "{:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def publish(lines: Sequence[str], *, append: bool) -> None:
-    """Print the report; with ``append`` add it as a new section at the end of RESULTS.md."""
+def machine_facts() -> str:
+    """CPU model, cores, load average (1/5/15 min) and library versions, one line."""
+    import faiss
+    import numpy as np
+
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, load avg {load_average()}, Python {platform.python_version()}, "
+        f"faiss {faiss.__version__}, numpy {np.__version__}"
+    )
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+
+
+def append_results(title: str, body: str, path: Path = RESULTS) -> None:
+    """Append one dated section (title, command, machine, body) at the END of RESULTS.md."""
+    section = (
+        f"\n## {title} ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n\n"
+        f"Command: `{command_line()}`  \nMachine: {machine_facts()}\n\n{body.rstrip()}\n"
+    )
+    with path.open("a", encoding="utf-8") as out:
+        out.write(section)
+
+
+def publish(title: str, body: str, *, write: bool) -> None:
+    """Print a bench's report; with ``write``, also append it to RESULTS.md."""
+    print(body)
+    if write:
+        append_results(title, body)
+
+
+def median_seconds(run: Callable[[], object], *, budget_s: float, min_runs: int = 3, max_runs: int = 200) -> float:
+    """Median wall time of ``run()`` over repeats until ``budget_s`` is spent (at least ``min_runs``).
+
+    The median, not the mean: other jobs share the CPU, and a median ignores their spikes.
+    """
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def publish_section(lines: list[str], *, append: bool, path: Path = RESULTS) -> None:
+    """Print a ready-made Markdown section (with its own heading); with ``append`` add it to RESULTS.md."""
     text = "\n".join(lines)
     print(text)
     if append:
-        with RESULTS.open("a") as out:
+        with path.open("a", encoding="utf-8") as out:
             out.write("\n" + text)

@@ -23,6 +23,7 @@ from semstore.index.layouts import LAYOUTS, Layout, centroids_match, choose_layo
 from semstore.index.locking import ReadWriteLock
 from semstore.index.lookup import IdLookup, as_id_array, unique_sorted
 from semstore.index.persistence import IndexVersion, read_index_dir, write_index_dir
+from semstore.index.queries import QueryMap
 from semstore.index.store import CodeStore, search_padded
 
 logger = logging.getLogger(__name__)
@@ -62,10 +63,11 @@ class ADCIndex:
         self._codec = codec
         self._codec_hash = codec.content_hash
         self._store = store
-        self._lookup = IdLookup(store.ids_view())
+        self._lookup = IdLookup(store.ids_view(), store.ids_view)
         self._lock = ReadWriteLock()
         self._save_lock = threading.Lock()  # saves share the read lock but not the directory
         self._refine = int(fastscan_refine)
+        self._queries = QueryMap(codec)
 
     # -- description ---------------------------------------------------------------------
     @property
@@ -94,6 +96,8 @@ class ADCIndex:
     def memory_bytes(self) -> int:
         """Estimated memory of the items: FAISS code buffer + id map + id lookup.
 
+        The lookup costs nothing while ids were added in increasing order, else 16 B/item.
+
         Excludes fixed costs (the M copies of the codebook in FAISS's centroid tables).
         """
         with self._lock.read():
@@ -104,7 +108,7 @@ class ADCIndex:
         """:attr:`memory_bytes` per item (the per-item estimate when empty)."""
         count = self.ntotal
         if count == 0:
-            return float(self._store.row_bytes + 8 + 16)
+            return float(self._store.row_bytes + 8)
         return self.memory_bytes / count
 
     def ids(self) -> np.ndarray:
@@ -163,7 +167,7 @@ class ADCIndex:
                 return 0
             removed = self._store.remove(gone)
             if removed != len(gone):  # cannot happen unless FAISS and the lookup disagree
-                self._lookup = IdLookup(self._store.ids_view())
+                self._lookup = IdLookup(self._store.ids_view(), self._store.ids_view)
                 raise RuntimeError(f"FAISS removed {removed} items, expected {len(gone)}")
             self._lookup.removed(gone)
             return removed
@@ -205,8 +209,7 @@ class ADCIndex:
         shape = np.shape(queries)
         if len(shape) == 2 and shape[0] == 0 and shape[1] == self._codec.dim:
             return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
-        sub = self._codec.query_transform(queries)
-        offset = self._codec.query_offset(queries)
+        sub, offset = self._queries(queries)
         allowed = None if allowed_ids is None else unique_sorted(as_id_array(allowed_ids, "allowed_ids"))
         depth = k if rerank is None else max(int(rerank), k)
         with self._lock.read():

@@ -116,14 +116,20 @@ class CodeStore:
         return search_padded(self.inner, sub_queries, k)
 
 
-def search_padded(index: faiss.Index, sub_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search_padded(
+    index: faiss.Index, sub_queries: np.ndarray, k: int, params: faiss.SearchParameters | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``index.search`` for any k >= 1 (k beyond ntotal is padded with -inf / -1)."""
     nq = sub_queries.shape[0]
+    if nq and k <= index.ntotal:  # the common case: no padding to allocate
+        scores, positions = index.search(sub_queries, k, params=params)
+        scores[positions < 0] = -np.inf
+        return scores, positions
     scores = np.full((nq, k), -np.inf, dtype=np.float32)
     positions = np.full((nq, k), -1, dtype=np.int64)
     found = min(k, int(index.ntotal))
     if found and nq:
-        dist, labels = index.search(sub_queries, found)
+        dist, labels = index.search(sub_queries, found, params=params)
         scores[:, :found] = dist
         positions[:, :found] = labels
         scores[positions < 0] = -np.inf

@@ -280,6 +280,37 @@ def test_memory_estimate(coded) -> None:
     assert index.memory_bytes == len(codes) * (M + 24)
 
 
+@pytest.mark.parametrize("codebook_size", [16, 256])
+def test_ids_in_order_need_no_lookup_copy(coded, queries, codebook_size: int) -> None:
+    """Increasing ids (the database's order) are looked up in the id map itself: 8 B/item for ids."""
+    codec, codes = coded(codebook_size)
+    row_bytes = M if codebook_size == 256 else M // 2
+    ids = np.arange(len(codes), dtype=np.int64) * 3 + 10
+    index = ADCIndex.build(codec, ids[:300], codes[:300])
+    index.add(ids[300:350], codes[300:350])  # still increasing
+    assert index.memory_bytes == 350 * (row_bytes + 8) + (index._store.code_bytes() - 350 * row_bytes)
+    assert index.remove(ids[[0, 7, 349]]) == 3
+    kept = np.delete(np.arange(350), [0, 7, 349])
+    np.testing.assert_array_equal(index.codes_for(ids[kept][::-1]), codes[kept][::-1])
+    assert index.current_version().max_id == ids[348] and len(index) == 347
+    scores, found = index.search(queries, k=10, rerank=20 if codebook_size == 16 else None)
+    if codebook_size == 256:
+        assert_exact_top_k(scores, found, exact_scores(codec, queries, codes[kept]), ids[kept], 10)
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(ids[[5]], codes[[5]])
+    # an id below the largest one switches to the sorted copy (16 B/item more); lookups stay right
+    index.add(ids[[0]], codes[[0]])
+    index.add(ids[350:], codes[350:])
+    assert index.memory_bytes == index._store.code_bytes() + len(index) * (8 + 16)
+    everything = np.concatenate([kept, [0], np.arange(350, len(codes))])
+    np.testing.assert_array_equal(index.codes_for(ids[everything]), codes[everything])
+    assert index.remove(ids[[0, 380]]) == 2
+    remaining = everything[(everything != 0) & (everything != 380)]
+    np.testing.assert_array_equal(index.codes_for(ids[remaining]), codes[remaining])
+    with pytest.raises(KeyError):
+        index.codes_for(ids[[380]])
+
+
 @pytest.mark.parametrize("codebook_size", [16, 100])
 def test_save_load_round_trip(coded, queries, tmp_path: Path, codebook_size: int) -> None:
     codec, codes = coded(codebook_size)
@@ -468,3 +499,21 @@ def test_concurrent_adds_removes_and_searches(coded, queries, codebook_size: int
     assert not errors, errors
     assert len(index) == 100 + 10 * batches - batches // 3
     assert len(np.unique(index.ids())) == len(index)
+
+
+@pytest.mark.parametrize("codebook_size", [16, 256])
+def test_query_map_equals_the_codec_transform(make_codec, queries, codebook_size: int) -> None:
+    from semstore.index.queries import QueryMap
+
+    codec = make_codec(codebook_size)
+    sub, offset = QueryMap(codec)(queries)
+    np.testing.assert_allclose(sub, codec.query_transform(queries), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(offset, codec.query_offset(queries), rtol=1e-4, atol=1e-5)
+    assert sub.dtype == offset.dtype == np.float32
+    single, _ = QueryMap(codec)(queries[0])  # one query as a vector
+    np.testing.assert_allclose(single, sub[:1], rtol=1e-4, atol=1e-5)
+    bad = queries.copy()
+    bad[0, 0] = np.nan
+    for wrong in (bad, queries[:, :5], np.array([["a"] * DIM])):
+        with pytest.raises(ValueError):
+            QueryMap(codec)(wrong)
