@@ -51,6 +51,10 @@ _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b
 _REASON_MAX_CHARS = 120
 _HEADER_BYTES = 32  # enough for every signature check and the PNG/BMP declared sizes
 
+#: Animated images with more frames than this are refused: only the first frame is ever
+#: embedded, and a file of thousands of frames is a resource attack rather than a photo.
+MAX_FRAMES = 1000
+
 
 class BadImageError(ValueError):
     """An image could not be decoded safely; ``reason`` says why in a few words."""
@@ -69,7 +73,7 @@ def open_image(source: str | Path | bytes, *, max_pixels: int) -> Image.Image:
     """Decode an image file path or raw bytes into a fully loaded RGB image.
 
     Only the formats in :data:`ALLOWED_FORMATS` are tried. Animated images give their
-    first frame; the EXIF orientation is applied; transparent pixels are composited on
+    first frame (more than :data:`MAX_FRAMES` frames are refused); the EXIF orientation is applied; transparent pixels are composited on
     white. The returned image holds no file handle.
 
     Raises:
@@ -114,6 +118,7 @@ def _decode(fp: IO[bytes], max_pixels: int) -> Image.Image:
             raise BadImageError("zero-size image")
         if width * height > max_pixels:
             raise BadImageError(_too_large(width, height, max_pixels))
+        _check_frames(image)
         try:
             image.load()  # the current (first) frame only; later frames are never decoded
         except Image.DecompressionBombError as exc:
@@ -122,6 +127,19 @@ def _decode(fp: IO[bytes], max_pixels: int) -> Image.Image:
             raise BadImageError(_decode_error_reason(exc, header, stream_size)) from exc
         _apply_exif_orientation(image)
         return _to_rgb(image)
+
+
+def _check_frames(image: Image.Image) -> None:
+    """Refuse animations of more than :data:`MAX_FRAMES` frames (counted without decoding pixels)."""
+    if not getattr(image, "is_animated", False):
+        return
+    try:
+        frames = image.n_frames
+        image.seek(0)
+    except _DECODE_ERRORS as exc:
+        raise BadImageError(f"corrupt animation: {exc}") from exc
+    if frames > MAX_FRAMES:
+        raise BadImageError(f"animated image with {frames} frames (at most {MAX_FRAMES} are accepted)")
 
 
 def _apply_exif_orientation(image: Image.Image) -> None:

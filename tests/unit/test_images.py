@@ -241,3 +241,23 @@ def test_content_hash() -> None:
     assert content_hash(b"abc") == hashlib.sha256(b"abc").hexdigest()
     assert content_hash(b"abc") != content_hash(b"abd")
     assert len(content_hash(b"")) == 64
+
+
+def test_animations_with_too_many_frames_are_refused_and_short_ones_give_their_first_frame() -> None:
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from semstore.ingest.images import MAX_FRAMES, BadImageError, open_image
+
+    def gif(frames: int) -> bytes:
+        images = [_Image.new("P", (16, 16), 0) for _ in range(frames)]
+        for index, image in enumerate(images):  # frames must differ, or Pillow merges them
+            image.putpixel((index % 16, (index // 16) % 16), 1 + index % 200)
+        out = _io.BytesIO()
+        images[0].save(out, format="GIF", save_all=True, append_images=images[1:], duration=10)
+        return out.getvalue()
+
+    assert open_image(gif(3), max_pixels=10_000).size == (16, 16)
+    with pytest.raises(BadImageError, match=f"{MAX_FRAMES + 1} frames"):
+        open_image(gif(MAX_FRAMES + 1), max_pixels=10_000)
