@@ -4,7 +4,7 @@ Writes N synthetic JPEG photos (640x480, smooth random colour fields) to a tempo
 then runs ``Collection.add(folder)`` into a fresh SQLite database with the default model
 architecture **ViT-B-32 with random weights** (``pretrained=None``: no weights download; the
 compute per image is the same as with the real weights) and a reused 16-byte codec
-(M=16, K=256, default beam-4 encoding; quick-trained, so no codec training is timed).
+(M=16, K=256, the default encoding beam; quick-trained, so no codec training is timed).
 
 Time is attributed by wrapping, in this process only, the pipeline's stages with timers:
 
@@ -44,7 +44,7 @@ import semstore  # noqa: E402
 from bench.report import CACHE, publish  # noqa: E402
 from bench.search_data import train_vectors  # noqa: E402
 from semstore import storage  # noqa: E402
-from semstore.codec import PQVAECodec  # noqa: E402
+from semstore.codec import CodecConfig, PQVAECodec  # noqa: E402
 from semstore.config import Settings  # noqa: E402
 from semstore.encoders import OpenClipEncoder  # noqa: E402
 from semstore.ingest.pipeline import IngestPipeline  # noqa: E402
@@ -61,8 +61,8 @@ def write_photos(folder: Path, count: int, seed: int = 0) -> None:
 
 
 def default_codec() -> PQVAECodec:
-    """Default shape and encoding (M=16, K=256, beam 4), trained quickly on 2,000 vectors; cached."""
-    path = CACHE / "search" / "codec-ingest-m16k256-beam4.safetensors"
+    """Default shape and encoding (M=16, K=256, default beam), trained quickly on 2,000 vectors; cached."""
+    path = CACHE / "search" / f"codec-ingest-m16k256-beam{CodecConfig(dim=512).beam_size}.safetensors"
     if path.exists():
         return PQVAECodec.load(path)
     codec = PQVAECodec(dim=512, iterations=0, kmeans_iterations=4, init="kmeans").fit(train_vectors(2_000), progress=False)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(
         [
             f"{MODEL} with RANDOM weights (pretrained=None; same compute as real weights), torch CPU, "
-            f"SQLite, {args.images} synthetic 640x480 JPEGs, reused codec M=16 K=256 beam 4. Shares are of the "
+            f"SQLite, {args.images} synthetic 640x480 JPEGs, reused codec M=16 K=256 beam {CodecConfig(dim=512).beam_size}. Shares are of the "
             "end-to-end wall time of `Collection.add(folder)` (model load excluded); read+decode runs in the "
             "background thread, overlapped with CLIP.",
             "",
