@@ -233,12 +233,26 @@ class PQVAECodec:
 
         ``<q, decode(c, normalize=False)> == query_offset(q) + sum_m <q'_m, codebook[c_m]>``.
         """
-        params = self._require()
         queries = _as_matrix("Q", Q, self.dim)
-        back = queries @ params["inverse_transform"]  # T^{-1} is symmetric
-        sub = np.einsum("nD,mDd->nmd", back, params["blocks"], optimize=True)
-        width = self.num_subvectors * params["codebook"].shape[1]
-        return np.ascontiguousarray(sub.reshape(queries.shape[0], width), dtype=np.float32)
+        return np.ascontiguousarray(queries @ self.query_matrix)
+
+    @property
+    def query_matrix(self) -> np.ndarray:
+        """The linear map of :meth:`query_transform`, float32 (dim, M*d): ``T^{-1} [P_1 ... P_M]``.
+
+        Folded once per codec, so a search costs one matrix product instead of an einsum
+        over the (M, D, d) blocks on every call.
+        """
+        if "query" not in self._cache:
+            params = self._require()
+            folded = np.einsum("ED,mDd->Emd", params["inverse_transform"], params["blocks"], optimize=True)
+            self._cache["query"] = np.ascontiguousarray(folded.reshape(self.dim, -1), dtype=np.float32)
+        return self._cache["query"]
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The codec's centre mu, float32 (dim,): ``query_offset(q) == <q, mu>``."""
+        return self._require()["mean"]
 
     def query_offset(self, Q: Any) -> np.ndarray:
         """The part of every ADC score that does not depend on the item: ``<q, mu>``, (n,)."""

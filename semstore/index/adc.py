@@ -23,7 +23,6 @@ from semstore.index.layouts import LAYOUTS, Layout, centroids_match, choose_layo
 from semstore.index.locking import ReadWriteLock
 from semstore.index.lookup import IdLookup, as_id_array, unique_sorted
 from semstore.index.persistence import IndexVersion, read_index_dir, write_index_dir
-from semstore.index.queries import QueryMap
 from semstore.index.store import CodeStore, search_padded
 
 logger = logging.getLogger(__name__)
@@ -67,7 +66,6 @@ class ADCIndex:
         self._lock = ReadWriteLock()
         self._save_lock = threading.Lock()  # saves share the read lock but not the directory
         self._refine = int(fastscan_refine)
-        self._queries = QueryMap(codec)
 
     # -- description ---------------------------------------------------------------------
     @property
@@ -209,7 +207,8 @@ class ADCIndex:
         shape = np.shape(queries)
         if len(shape) == 2 and shape[0] == 0 and shape[1] == self._codec.dim:
             return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
-        sub, offset = self._queries(queries)
+        sub = self._codec.query_transform(queries)
+        offset = self._codec.query_offset(queries)
         allowed = None if allowed_ids is None else unique_sorted(as_id_array(allowed_ids, "allowed_ids"))
         depth = k if rerank is None else max(int(rerank), k)
         with self._lock.read():

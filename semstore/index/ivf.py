@@ -38,7 +38,6 @@ from semstore.index.layouts import (
     unpack_codes,
 )
 from semstore.index.lookup import IdLookup, as_id_array, unique_sorted
-from semstore.index.queries import QueryMap
 from semstore.index.store import search_padded
 
 _ASSIGN_CHUNK = 65_536
@@ -72,7 +71,6 @@ class IVFADCIndex:
         self._ids = ids
         self._flat = flat
         self._lookup = IdLookup(ids, lambda: self._ids)
-        self._queries = QueryMap(codec)
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -108,19 +106,18 @@ class IVFADCIndex:
         layout = choose_layout(codec.codebook_size)
         m, width = codec.num_subvectors, codec.subvector_dim
         nbits = code_bits(codec.codebook_size, layout)
-        queries = QueryMap(codec)
-        centroids = _coarse_centroids(codec, queries, code_array, lists, train_size, kmeans_iterations, seed)
+        centroids = _coarse_centroids(codec, code_array, lists, train_size, kmeans_iterations, seed)
         embedded = faiss.IndexFlatIP(codec.dim)
         embedded.add(centroids)
         quantizer = faiss.IndexFlatIP(m * width)
-        quantizer.add(np.ascontiguousarray(np.linalg.lstsq(queries.matrix, centroids.T, rcond=None)[0].T, dtype=np.float32))
+        quantizer.add(np.ascontiguousarray(np.linalg.lstsq(codec.query_matrix, centroids.T, rcond=None)[0].T, dtype=np.float32))
         ivf = faiss.IndexIVFPQ(quantizer, m * width, lists, m, nbits, faiss.METRIC_INNER_PRODUCT)
         ivf.by_residual = False
         faiss.copy_array_to_vector(shared_centroids(codec.codebook, m, nbits), ivf.pq.centroids)
         ivf.is_trained = True
         packed = pack_codes(code_array, nbits)
         positions = np.arange(len(id_array), dtype=np.int64)  # FAISS labels = storage positions
-        _fill_lists(ivf, _assign(codec, queries, embedded, code_array), positions, packed)
+        _fill_lists(ivf, _assign(codec, embedded, code_array), positions, packed)
         flat = new_pq_index(codec.codebook, m, nbits)
         flat.add_sa_codes(packed)
         if layout == "fastscan":
@@ -189,7 +186,8 @@ class IVFADCIndex:
         for name, value in (("k", k), ("nprobe", nprobe), ("refine", refine)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        sub, offset = self._queries(queries)
+        sub = self._codec.query_transform(queries)
+        offset = self._codec.query_offset(queries)
         ivf_params = faiss.SearchParametersIVF(nprobe=min(int(nprobe), self.nlist))
         if self._index is self._ivf:
             params: faiss.SearchParameters = ivf_params
@@ -205,17 +203,17 @@ class IVFADCIndex:
         return f"IVFADCIndex(nlist={self.nlist}, ntotal={self.ntotal}, M={self._codec.num_subvectors}, K={self._codec.codebook_size})"
 
 
-def _decoded(codec: PQVAECodec, queries: QueryMap, codes: np.ndarray) -> np.ndarray:
+def _decoded(codec: PQVAECodec, codes: np.ndarray) -> np.ndarray:
     """Decoded vectors minus the codec mean (the part of an item that queries score), float32."""
-    return codec.decode(codes, normalize=False) - queries.mean
+    return codec.decode(codes, normalize=False) - codec.mean
 
 
 def _coarse_centroids(
-    codec: PQVAECodec, queries: QueryMap, codes: np.ndarray, nlist: int, train_size: int, iterations: int, seed: int
+    codec: PQVAECodec, codes: np.ndarray, nlist: int, train_size: int, iterations: int, seed: int
 ) -> np.ndarray:
     rng = np.random.default_rng(seed)
     sample = codes if len(codes) <= train_size else codes[np.sort(rng.choice(len(codes), train_size, replace=False))]
-    vectors = np.ascontiguousarray(_decoded(codec, queries, sample))
+    vectors = np.ascontiguousarray(_decoded(codec, sample))
     if nlist == 1:
         return vectors.mean(axis=0, keepdims=True)
     kmeans = faiss.Kmeans(vectors.shape[1], nlist, niter=iterations, spherical=True, seed=seed, max_points_per_centroid=256)
@@ -223,12 +221,12 @@ def _coarse_centroids(
     return kmeans.centroids
 
 
-def _assign(codec: PQVAECodec, queries: QueryMap, embedded: faiss.IndexFlatIP, codes: np.ndarray) -> np.ndarray:
+def _assign(codec: PQVAECodec, embedded: faiss.IndexFlatIP, codes: np.ndarray) -> np.ndarray:
     """List number of every item: the centroid with the largest inner product (chunked)."""
     lists = np.empty(len(codes), dtype=np.int64)
     for start in range(0, len(codes), _ASSIGN_CHUNK):
         chunk = codes[start : start + _ASSIGN_CHUNK]
-        lists[start : start + len(chunk)] = embedded.search(np.ascontiguousarray(_decoded(codec, queries, chunk)), 1)[1][:, 0]
+        lists[start : start + len(chunk)] = embedded.search(np.ascontiguousarray(_decoded(codec, chunk)), 1)[1][:, 0]
     return lists
 
 

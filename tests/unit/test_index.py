@@ -502,18 +502,21 @@ def test_concurrent_adds_removes_and_searches(coded, queries, codebook_size: int
 
 
 @pytest.mark.parametrize("codebook_size", [16, 256])
-def test_query_map_equals_the_codec_transform(make_codec, queries, codebook_size: int) -> None:
-    from semstore.index.queries import QueryMap
-
+def test_folded_query_transform_equals_the_stage_formula(make_codec, queries, codebook_size: int) -> None:
     codec = make_codec(codebook_size)
-    sub, offset = QueryMap(codec)(queries)
-    np.testing.assert_allclose(sub, codec.query_transform(queries), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(offset, codec.query_offset(queries), rtol=1e-4, atol=1e-5)
+    params = codec._require()
+    # the definition: q'_m = P_m^T T^{-1} q, concatenated over m; offset <q, mu>
+    expected = np.einsum("nD,mDd->nmd", queries @ params["inverse_transform"], params["blocks"]).reshape(len(queries), -1)
+    sub, offset = codec.query_transform(queries), codec.query_offset(queries)
+    np.testing.assert_allclose(sub, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(offset, queries @ codec.mean, rtol=1e-4, atol=1e-5)
     assert sub.dtype == offset.dtype == np.float32
-    single, _ = QueryMap(codec)(queries[0])  # one query as a vector
+    single = codec.query_transform(queries[0])  # one query as a vector
     np.testing.assert_allclose(single, sub[:1], rtol=1e-4, atol=1e-5)
     bad = queries.copy()
     bad[0, 0] = np.nan
     for wrong in (bad, queries[:, :5], np.array([["a"] * DIM])):
         with pytest.raises(ValueError):
-            QueryMap(codec)(wrong)
+            codec.query_transform(wrong)
+        with pytest.raises(ValueError):
+            codec.query_offset(wrong)
