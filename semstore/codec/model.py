@@ -46,7 +46,7 @@ import numpy as np
 
 from semstore.codec.config import CodecConfig
 from semstore.codec.lut_search import LutBeamSearch
-from semstore.codec.quantizer import beam_encode, stage_codebooks
+from semstore.codec.quantizer import beam_encode, plain_search, stage_codebooks
 from semstore.codec.training import FitReport, train_shared_codebook
 
 FORMAT = "semstore-pqvae-shared/1"
@@ -355,8 +355,7 @@ class PQVAECodec:
     def _lut_search(self) -> LutBeamSearch | None:
         """FAISS look-up-table beam search over this codec's stage codebooks, when it applies."""
         if "lut" not in self._cache:
-            books = self._stage_books()
-            self._cache["lut"] = LutBeamSearch(books) if LutBeamSearch.applies(books.shape[0], books.shape[1]) else None
+            self._cache["lut"] = plain_search(self._stage_books())
         return self._cache["lut"]
 
     def _decoder_books(self) -> np.ndarray:

@@ -55,14 +55,13 @@ def beam_encode(
     same codes; ``lut`` reuses a prepared one) wherever that applies.
     """
     books = stage_codebooks(codebook, blocks) if stage_books is None else stage_books
-    anisotropic = directions is not None and parallel_weight != 1.0
-    if not anisotropic and (lut is not None or LutBeamSearch.applies(books.shape[0], books.shape[1])):
-        return (lut or LutBeamSearch(books)).encode(targets, beam_size)
+    anisotropic = is_anisotropic(directions, parallel_weight)
+    if not anisotropic:
+        search = lut or plain_search(books)
+        if search is not None:
+            return search.encode(targets, beam_size)
     norms = np.einsum("mkD,mkD->mk", books, books)
-    # <r, B[m,k]> either directly (D*K per stage) or through the shared codebook
-    # (P[m].T r, then C: D*d + d*K), whichever costs fewer multiply-adds.
-    direct = books.shape[2] * books.shape[1] <= blocks.shape[2] * (books.shape[2] + books.shape[1])
-    products = _StageProducts(books, codebook, blocks, direct)
+    products = _StageProducts(books, codebook, blocks)
     out = np.empty((targets.shape[0], books.shape[0]), dtype=np.int64)
     for start in range(0, targets.shape[0], _CHUNK):
         chunk = np.ascontiguousarray(targets[start : start + _CHUNK], dtype=np.float32)
@@ -73,12 +72,24 @@ def beam_encode(
     return out
 
 
-class _StageProducts:
-    """``X @ B[m].T`` for a stage, by the cheaper of the two equal formulas."""
+def is_anisotropic(directions: np.ndarray | None, parallel_weight: float) -> bool:
+    """Whether the loss has the score-aware term (directions given and a weight other than 1)."""
+    return directions is not None and parallel_weight != 1.0
 
-    def __init__(self, books: np.ndarray, codebook: np.ndarray, blocks: np.ndarray, direct: bool) -> None:
-        self._direct = direct
-        if direct:
+
+def plain_search(books: np.ndarray) -> LutBeamSearch | None:
+    """FAISS's look-up-table beam search over these stage codebooks, where it applies."""
+    return LutBeamSearch(books) if LutBeamSearch.applies(books.shape[0], books.shape[1]) else None
+
+
+class _StageProducts:
+    """``X @ B[m].T`` for a stage, by the cheaper of the two equal formulas: directly
+    (D*K multiply-adds) or through the shared codebook (``P[m].T x``, then C: D*d + d*K)."""
+
+    def __init__(self, books: np.ndarray, codebook: np.ndarray, blocks: np.ndarray) -> None:
+        k_count, dim = books.shape[1], books.shape[2]
+        self._direct = dim * k_count <= blocks.shape[2] * (dim + k_count)
+        if self._direct:
             self._books_t = np.ascontiguousarray(books.transpose(0, 2, 1))  # (M, D, K)
         else:
             self._blocks = blocks
@@ -161,7 +172,7 @@ def update_stage_books(
     """
     books = stage_books.copy()
     m_count, k_count, dim = books.shape
-    anisotropic = directions is not None and parallel_weight != 1.0
+    anisotropic = is_anisotropic(directions, parallel_weight)
     recon = reconstruct(codes, books)
     revived = 0
     for _ in range(sweeps):

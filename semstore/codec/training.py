@@ -29,7 +29,9 @@ from semstore.codec.quantizer import (
     assign_nearest,
     beam_encode,
     factor_shared,
+    is_anisotropic,
     kmeans,
+    plain_search,
     reconstruct,
     stage_codebooks,
     update_stage_books,
@@ -75,21 +77,15 @@ class TrainedParameters:
     blocks: np.ndarray  # (M, D, d)
 
 
-@dataclass(frozen=True)
-class _Loss:
-    """The training loss: squared error plus ``(w-1) <e, u>^2`` along each item's direction u."""
-
-    parallel_weight: float = 1.0
-
-    def weighted(self, directions: np.ndarray | None) -> bool:
-        return directions is not None and self.parallel_weight != 1.0
-
-    def relative(self, targets: np.ndarray, directions: np.ndarray | None, codes: np.ndarray, books: np.ndarray) -> float:
-        err = targets - reconstruct(codes, books)
-        total = float(np.sum(err * err))
-        if self.weighted(directions):
-            total += (self.parallel_weight - 1.0) * float(np.sum(np.einsum("nD,nD->n", err, directions) ** 2))
-        return total / max(float(np.sum(targets * targets)), 1e-12)
+def _relative_error(
+    targets: np.ndarray, codes: np.ndarray, books: np.ndarray, directions: np.ndarray | None, parallel_weight: float
+) -> float:
+    """The training loss relative to ||y||^2: squared error plus ``(w-1) <e, u>^2`` along each item's direction u."""
+    err = targets - reconstruct(codes, books)
+    total = float(np.sum(err * err))
+    if is_anisotropic(directions, parallel_weight):
+        total += (parallel_weight - 1.0) * float(np.sum(np.einsum("nD,nD->n", err, directions) ** 2))
+    return total / max(float(np.sum(targets * targets)), 1e-12)
 
 
 _MIN_HELD_OUT = 20
@@ -171,20 +167,22 @@ def train_shared_codebook(
     # Hold out vectors to stop the refinement when it starts to overfit: a few thousand
     # vectors cannot pin down M*K*D free decoder values, and over-refined codebooks
     # reconstruct new vectors worse than the initial residual k-means did.
-    loss = _Loss(config.parallel_weight)
+    weight = config.parallel_weight
     train_rows, held_rows = _split_validation(targets.shape[0], rng)
     train, train_dirs = targets[train_rows], _rows(directions, train_rows)
     held, held_dirs = _rows(targets, held_rows), _rows(directions, held_rows)
-    aniso = {"directions": train_dirs, "parallel_weight": config.parallel_weight}
-    held_aniso = {"directions": held_dirs, "parallel_weight": config.parallel_weight}
 
     def evaluate(codebook: np.ndarray, blocks: np.ndarray, books: np.ndarray) -> tuple[np.ndarray, float, float]:
-        codes = beam_encode(train, codebook, blocks, beam, stage_books=books, **aniso)
+        # one look-up-table search serves the training and the held-out vectors
+        lut = None if is_anisotropic(directions, weight) else plain_search(books)
+        codes = beam_encode(train, codebook, blocks, beam, stage_books=books, directions=train_dirs, parallel_weight=weight, lut=lut)
         held_error = float("nan")
         if held is not None:
-            held_codes = beam_encode(held, codebook, blocks, beam, stage_books=books, **held_aniso)
-            held_error = loss.relative(held, held_dirs, held_codes, books)
-        return codes, loss.relative(train, train_dirs, codes, books), held_error
+            held_codes = beam_encode(
+                held, codebook, blocks, beam, stage_books=books, directions=held_dirs, parallel_weight=weight, lut=lut
+            )
+            held_error = _relative_error(held, held_codes, books, held_dirs, weight)
+        return codes, _relative_error(train, codes, books, train_dirs, weight), held_error
 
     books = _initial_stage_books(train, config, rng, beam)
     bar.update(m_count)
@@ -196,7 +194,7 @@ def train_shared_codebook(
     best, best_score = TrainedParameters(codebook, blocks), held_error if held is not None else train_error
     revived_total = 0
     for _ in range(config.iterations):
-        new_books, revived = update_stage_books(train, codes, books, rng, **aniso)
+        new_books, revived = update_stage_books(train, codes, books, rng, directions=train_dirs, parallel_weight=weight)
         revived_total += revived
         codebook, blocks = factor_shared(new_books, rank)
         books = stage_codebooks(codebook, blocks)
@@ -212,7 +210,7 @@ def train_shared_codebook(
 
     final_codes = beam_encode(
         targets, best.codebook, best.blocks, config.beam_size,
-        directions=directions, parallel_weight=config.parallel_weight,
+        directions=directions, parallel_weight=weight,
     )
     report = FitReport(
         num_vectors=num_vectors,
