@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from bench.baselines import Compressor, FloatBaseline, PQVAEBaseline, build_methods  # noqa: E402
 from bench.datasets import EmbeddingDataset, load_minilm_docstrings, make_synthetic_clip_like  # noqa: E402
+from bench.report import cpu_model  # noqa: E402
 from bench.metrics import (  # noqa: E402
     coded_size_bits,
     empirical_entropy_bits,
@@ -156,14 +157,7 @@ def format_table(rows: list[Row]) -> str:
 
 def machine_facts() -> str:
     """CPU model, cores and library versions, one line."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         import torch
         torch_version = torch.__version__
