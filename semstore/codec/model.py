@@ -184,8 +184,13 @@ class PQVAECodec:
         return self
 
     # -- coding --------------------------------------------------------------------------
-    def encode(self, X: Any, *, beam_size: int | None = None) -> np.ndarray:
-        """Codes (n, num_subvectors), uint8 when codebook_size <= 256 else uint16."""
+    def encode(self, X: Any, *, beam_size: int | None = None, exact_topk: bool = False) -> np.ndarray:
+        """Codes (n, num_subvectors), uint8 when codebook_size <= 256 else uint16.
+
+        ``beam_size`` overrides the configured beam; ``exact_topk=True`` keeps each beam
+        stage's best candidates exactly instead of by FAISS's approximate top-k (slower;
+        training always encodes exactly, so a fitted codec does not depend on this).
+        """
         params = self._require()
         data = _as_matrix("X", X, self.dim)
         targets = (data - params["mean"]) @ params["transform"]
@@ -195,6 +200,7 @@ class PQVAECodec:
             directions=self._directions(data, params["inverse_transform"]),
             parallel_weight=self.config.parallel_weight,
             lut=self._lut_search(),
+            exact_topk=exact_topk,
         )
         return codes.astype(self.code_dtype)
 
