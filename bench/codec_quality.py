@@ -39,7 +39,13 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.baselines import Compressor, FloatBaseline, PQVAEBaseline, build_methods  # noqa: E402
-from bench.datasets import EmbeddingDataset, load_minilm_docstrings, make_synthetic_clip_like  # noqa: E402
+from bench.datasets import (  # noqa: E402
+    DatasetError,
+    EmbeddingDataset,
+    load_minilm_docstrings,
+    load_npz_embeddings,
+    make_synthetic_clip_like,
+)
 from bench.report import cpu_model  # noqa: E402
 from bench.metrics import (  # noqa: E402
     coded_size_bits,
@@ -203,7 +209,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--train", type=int, default=None, help="training vectors (default 20000, quick 10000)")
     p.add_argument("--test", type=int, default=None, help="test items (default 5000, quick 2000)")
-    p.add_argument("--dataset", choices=["minilm", "synthetic"], default="minilm")
+    p.add_argument("--dataset", choices=["minilm", "synthetic", "npz"], default="minilm")
+    p.add_argument("--embeddings", type=Path, default=None,
+                   help="with --dataset npz: the .npz of bench/embed_clip.py (real CLIP images + captions)")
     p.add_argument("--quick", action="store_true",
                    help="10k/2k split, cheaper OPQ and RQ training, no OPQ+PQ4fs (stated in the report)")
     p.add_argument("--methods", nargs="+", default=None,
@@ -242,6 +250,13 @@ def codec_options(pairs: list[str]) -> dict[str, object]:
 def load_data(args: argparse.Namespace) -> EmbeddingDataset:
     if args.dataset == "synthetic":
         return make_synthetic_clip_like(args.train, args.test, seed=args.seed)
+    if args.dataset == "npz":
+        if args.embeddings is None:
+            raise SystemExit("codec_quality: --dataset npz needs --embeddings PATH (made by bench/embed_clip.py)")
+        try:
+            return load_npz_embeddings(args.embeddings, args.train, args.test, seed=args.seed)
+        except DatasetError as exc:  # a wrong file or split is a user error: the message, no traceback
+            raise SystemExit(f"codec_quality: {exc}") from exc
     return load_minilm_docstrings(args.train, args.test, seed=args.seed)
 
 

@@ -1,6 +1,6 @@
 """Embedding data sets for the codec-quality benchmark.
 
-Two sources:
+Three sources:
 
 * ``docstrings``: REAL text embedded with a REAL pretrained encoder. The text is the
   docstrings of the Python standard library and of installed packages (read with
@@ -17,6 +17,9 @@ Two sources:
 
 * ``synthetic``: a CLIP-like Gaussian-mixture generator (512-d by default), clearly
   synthetic, for scale tests.
+
+* ``npz``: REAL CLIP image and caption embeddings written by ``bench/embed_clip.py``
+  (:func:`load_npz_embeddings`): document = image, query = its caption, label = its class.
 
 Embeddings are cached as ``.npy`` under ``bench/.cache/`` keyed by a hash of the corpus
 text (the corpus itself is cached keyed by the source files' paths, sizes and mtimes).
@@ -507,4 +510,126 @@ def make_synthetic_clip_like(
         class_prompts=prompts,
         class_names=[f"class{i}" for i in range(n_classes)],
         facts={"seed": seed},
+    )
+
+
+# --------------------------------------------------------------------------- npz (real CLIP)
+
+NPZ_KEYS = ("images", "captions", "labels", "class_names", "class_prompts")
+_NORM_TOLERANCE = 1e-3
+
+
+def _check_unit_float(name: str, array: np.ndarray, path: Path) -> np.ndarray:
+    """``array`` as contiguous float32 after checking it is finite with unit-norm rows."""
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DatasetError(f"{path}: '{name}' must be a float array, got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise DatasetError(f"{path}: '{name}' has {int((~np.isfinite(array)).sum())} NaN or infinite values")
+    norms = np.linalg.norm(array, axis=1)
+    if array.size and np.abs(norms - 1.0).max() > _NORM_TOLERANCE:
+        raise DatasetError(
+            f"{path}: '{name}' rows are not L2-normalised (norms {norms.min():.4f}..{norms.max():.4f}); "
+            "normalise them (bench/embed_clip.py does)"
+        )
+    return array
+
+
+def load_npz_embeddings(
+    path: str | Path,
+    n_train: int = 20_000,
+    n_test: int = 5_000,
+    *,
+    seed: int = 0,
+) -> EmbeddingDataset:
+    """Real CLIP embeddings from a ``.npz`` of ``bench/embed_clip.py``, split at random (``seed``).
+
+    The file holds ``images`` (n, D), ``captions`` (n, D), ``labels`` (n,), ``class_names``
+    (C,), ``class_prompts`` (C, D) and optionally ``meta`` (a JSON string). As in
+    :func:`load_minilm_docstrings`, a seeded permutation of the n items gives ``n_train``
+    training images and the next ``n_test`` images as the compressed database; each test
+    image's caption is its paired query and its label indexes the class prompts.
+
+    Raises:
+        DatasetError: the file is missing or not an ``.npz``, a key is missing, shapes,
+            dims or dtypes disagree, values are not finite or rows not unit-norm, a label
+            is out of range, or ``n_train + n_test`` exceeds n.
+    """
+    path = Path(path)
+    if n_train < 1 or n_test < 1:
+        raise DatasetError(f"n_train and n_test must be positive, got {n_train} and {n_test}")
+    if not path.is_file():
+        raise DatasetError(f"embeddings file not found: {path} (make one with bench/embed_clip.py)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [key for key in NPZ_KEYS if key not in npz.files]
+            if missing:
+                raise DatasetError(f"{path}: missing array(s) {', '.join(missing)} (has: {', '.join(npz.files)})")
+            arrays = {key: npz[key] for key in NPZ_KEYS}
+            meta_raw = str(npz["meta"]) if "meta" in npz.files else None
+    except DatasetError:
+        raise
+    except (OSError, ValueError) as exc:  # not a zip / .npy, or object arrays (pickles are refused)
+        raise DatasetError(f"{path}: cannot be read as an .npz of plain arrays: {exc}") from exc
+
+    images, captions, labels = arrays["images"], arrays["captions"], arrays["labels"]
+    names, prompts = arrays["class_names"], arrays["class_prompts"]
+    if images.ndim != 2 or images.shape[0] == 0 or images.shape[1] == 0:
+        raise DatasetError(f"{path}: 'images' must be a non-empty (n, D) array, got shape {images.shape}")
+    n, dim = images.shape
+    if captions.shape != images.shape:
+        raise DatasetError(f"{path}: 'captions' has shape {captions.shape}, 'images' {images.shape}: they must match")
+    if names.ndim != 1 or names.shape[0] == 0 or names.dtype.kind != "U":
+        raise DatasetError(f"{path}: 'class_names' must be a non-empty 1-d string array, got {names.dtype} {names.shape}")
+    n_classes = names.shape[0]
+    if prompts.shape != (n_classes, dim):
+        raise DatasetError(
+            f"{path}: 'class_prompts' has shape {prompts.shape}, expected ({n_classes}, {dim}) "
+            "(one prompt per class name, same dim as the images)"
+        )
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{path}: 'labels' must be ({n},) integers, got {labels.dtype} {labels.shape}")
+    if (labels.min() < 0 or labels.max() >= n_classes):
+        raise DatasetError(f"{path}: labels range {labels.min()}..{labels.max()} but there are {n_classes} class names")
+    images = _check_unit_float("images", images, path)
+    captions = _check_unit_float("captions", captions, path)
+    prompts = _check_unit_float("class_prompts", prompts, path)
+    try:
+        meta = json.loads(meta_raw) if meta_raw is not None else {}
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: 'meta' is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: 'meta' must be a JSON object")
+    if n_train + n_test > n:
+        raise DatasetError(
+            f"asked for {n_train}+{n_test} items but {path} has {n} images; pass smaller --train/--test "
+            "or embed more images"
+        )
+
+    order = np.random.default_rng(seed).permutation(n)
+    train_idx, test_idx = order[:n_train], order[n_train:n_train + n_test]
+    labels = labels.astype(np.int64)
+    counts = np.bincount(labels, minlength=n_classes)
+    encoder = meta.get("encoder") or meta.get("model") or "unknown encoder"
+    kind = {True: "REAL", False: "NOT SEMANTIC (random weights)"}.get(meta.get("is_semantic"), "UNRECORDED ORIGIN")
+    return EmbeddingDataset(
+        name=f"npz:{path.stem}",
+        description=(
+            f"{kind}: CLIP {encoder} ({dim}-d) embeddings from {path.name}; document = image, "
+            f"query = its caption (text -> image), label = one of {n_classes} classes, "
+            f"prompt = {meta.get('prompt_template', 'see the file')!r}"
+        ),
+        train=images[train_idx],
+        test=images[test_idx],
+        test_queries=captions[test_idx],
+        test_labels=labels[test_idx],
+        class_prompts=prompts,
+        class_names=[str(name) for name in names.tolist()],
+        facts={
+            "file": str(path),
+            "items": n,
+            "classes": n_classes,
+            "class_size_min_max": [int(counts.min()), int(counts.max())],
+            **{key: meta[key] for key in ("model", "pretrained", "date") if key in meta},
+        },
     )
