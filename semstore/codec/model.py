@@ -255,6 +255,19 @@ class PQVAECodec:
             self._cache["query"] = np.ascontiguousarray(folded.reshape(self.dim, -1), dtype=np.float32)
         return self._cache["query"]
 
+    def query_parts(self, Q: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(query_transform(Q), query_offset(Q))`` from one check and one matrix product.
+
+        The search path's form: a single query costs one pass over ``[G | mu]`` instead of
+        two validations and two products.
+        """
+        queries = _as_matrix("Q", Q, self.dim)
+        if "query_parts" not in self._cache:
+            joined = np.concatenate([self.query_matrix, self.mean[:, None].astype(np.float32)], axis=1)
+            self._cache["query_parts"] = np.ascontiguousarray(joined)
+        both = queries @ self._cache["query_parts"]
+        return np.ascontiguousarray(both[:, :-1]), np.ascontiguousarray(both[:, -1])
+
     @property
     def mean(self) -> np.ndarray:
         """The codec's centre mu, float32 (dim,): ``query_offset(q) == <q, mu>``."""

@@ -207,8 +207,7 @@ class ADCIndex:
         shape = np.shape(queries)
         if len(shape) == 2 and shape[0] == 0 and shape[1] == self._codec.dim:
             return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
-        sub = self._codec.query_transform(queries)
-        offset = self._codec.query_offset(queries)
+        sub, offset = self._codec.query_parts(queries)
         allowed = None if allowed_ids is None else unique_sorted(as_id_array(allowed_ids, "allowed_ids"))
         depth = k if rerank is None else max(int(rerank), k)
         with self._lock.read():

@@ -186,8 +186,7 @@ class IVFADCIndex:
         for name, value in (("k", k), ("nprobe", nprobe), ("refine", refine)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        sub = self._codec.query_transform(queries)
-        offset = self._codec.query_offset(queries)
+        sub, offset = self._codec.query_parts(queries)
         ivf_params = faiss.SearchParametersIVF(nprobe=min(int(nprobe), self.nlist))
         if self._index is self._ivf:
             params: faiss.SearchParameters = ivf_params

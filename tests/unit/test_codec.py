@@ -256,3 +256,15 @@ def test_approximate_top_k_encodes_almost_as_well_as_exact_beam_search() -> None
     assert mean_error(fast) <= 1.01 * mean_error(exact)
     # greedy encoding is exact either way
     assert np.array_equal(codec.encode(test, beam_size=1), codec.encode(test, beam_size=1, exact_topk=True))
+
+
+def test_query_parts_are_the_transform_and_offset_in_one_product() -> None:
+    data = clustered(600, 24, seed=4)
+    codec = PQVAECodec(dim=24, num_subvectors=4, codebook_size=16, iterations=0).fit(data, progress=False)
+    queries = data[:7] * 3.0
+    sub, offset = codec.query_parts(queries)
+    np.testing.assert_allclose(sub, codec.query_transform(queries), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(offset, codec.query_offset(queries), rtol=1e-5, atol=1e-5)
+    assert sub.flags.c_contiguous and sub.dtype == np.float32 and offset.shape == (7,)
+    with pytest.raises(ValueError, match="NaN"):
+        codec.query_parts(np.full((1, 24), np.nan, np.float32))
