@@ -108,10 +108,18 @@ def _rebuild_sqlite_items(*, content_hash: sa.types.TypeEngine, created_at: sa.t
     op.create_index("ix_items_collection_id_id", "items", ["collection_id", "id"], unique=False)
 
 
+def _is_sqlite() -> bool:
+    context = op.get_context()
+    if context.dialect.name != "sqlite":
+        return False
+    if context.as_sql:
+        raise RuntimeError("revision 0002 converts SQLite rows through a live connection: run it without --sql")
+    return True
+
+
 def upgrade() -> None:
-    bind = op.get_bind()
-    if bind.dialect.name == "sqlite":
-        bind.connection.driver_connection.create_function("semstore_0002_digest", 1, _digest, deterministic=True)
+    if _is_sqlite():
+        op.get_bind().connection.driver_connection.create_function("semstore_0002_digest", 1, _digest, deterministic=True)
         _rebuild_sqlite_items(
             content_hash=sa.LargeBinary(),
             created_at=sa.Integer(),
@@ -133,8 +141,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    if bind.dialect.name == "sqlite":
+    if _is_sqlite():
         _rebuild_sqlite_items(
             content_hash=sa.String(length=128),
             created_at=sa.DateTime(timezone=True),
