@@ -58,7 +58,7 @@ def fill(url: str, codec: PQVAECodec, items: int, batch: int = 50_000) -> int:
         n = min(batch, items - start)
         codes = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
         rows = [
-            storage.NewItem(source_uri=f"/photos/{start + i}.jpg", content_hash=f"{start + i:064x}", codes=c, codec_id=codec_id, width=640, height=480)
+            storage.NewItem(source_uri=f"/photos/{start + i}.jpg", content_hash=f"{start + i:032x}", codes=c, codec_id=codec_id, width=640, height=480)
             for i, c in enumerate(storage.pack_codes(codes))
         ]
         with storage.transaction(sessions) as session:

@@ -3,10 +3,13 @@
 * RAM: ``ADCIndex.bytes_per_item`` of a loaded index (8-bit and fast-scan layouts) against a
   FAISS ``IndexFlatIP`` of float32 (2048 B) or float16 (``IndexScalarQuantizer`` fp16, 1024 B)
   vectors, each measured as the bytes of its per-item buffers after adding N items.
-* Disk: N items stored through ``semstore.storage`` (schema 0001: codes, 64-hex content hash
-  + its unique index, source URI, size, timestamps, empty metadata JSON), against an
-  rclip-like table (``id, filepath UNIQUE, modified_at, vector BLOB``) holding the float32 or
-  float16 embedding instead of the codes, in SQLite (file size after a checkpoint) and
+* Disk: N items stored through ``semstore.storage`` (schema 0002: codes, 16-byte binary
+  content hash + its (collection_id, content_hash) unique index, the (collection_id, id)
+  index, source URI, width/height, created_at as integer seconds on SQLite / timestamptz
+  on PostgreSQL, empty metadata JSON; the SQLite file also holds the codec, about 360 KB,
+  18 B/item at 20,000 items), against an rclip-like table (``id, filepath UNIQUE,
+  modified_at, vector BLOB``) holding the float32 or float16 embedding instead of the
+  codes, in SQLite (file size after a checkpoint) and
   PostgreSQL (``pg_total_relation_size``: table + TOAST + indexes; a bytea column, the same
   bytes as pgvector's ``vector(512)`` / ``halfvec(512)`` data, pgvector not being installed).
 

@@ -42,10 +42,11 @@ class SourceUnavailableError(LookupError):
     """An item's original image cannot be read (not a local file, missing, or changed since ingest)."""
 
 
-#: Scheme of the source URIs of images added as bytes: ``upload://<sha256>/<file name>``.
+#: Scheme of the source URIs of images added as bytes: ``upload://<content hash>/<file name>``.
 UPLOAD_SCHEME = "upload://"
 
-_UPLOAD_URI = re.compile(r"^upload://([0-9a-f]{64})/(.*)$", re.DOTALL)
+# 32 hex: content_hash() since schema 0002; 64 hex: the full SHA-256 in URIs stored before it.
+_UPLOAD_URI = re.compile(r"^upload://([0-9a-f]{32}|[0-9a-f]{64})/(.*)$", re.DOTALL)
 _UNSAFE_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_NAME_CHARS = 200
 
@@ -178,7 +179,7 @@ class Collection:
         """Ingest images given as ``(file name, bytes)`` pairs (e.g. HTTP uploads).
 
         They go through the same pipeline as files; each is stored with the source URI
-        ``upload://<sha256>/<file name>`` (see :func:`upload_uri`). With ``keep_originals``
+        ``upload://<content hash>/<file name>`` (see :func:`upload_uri`). With ``keep_originals``
         the bytes of every stored image are kept in the collection's upload folder
         (``settings.upload_directory(name)``) so that :meth:`source_bytes` can read them.
         """
@@ -448,7 +449,7 @@ class Collection:
 
 
 def upload_uri(name: str, data: bytes) -> str:
-    """The source URI of an image added as bytes: ``upload://<sha256 of data>/<base name>``.
+    """The source URI of an image added as bytes: ``upload://<content_hash(data)>/<base name>``.
 
     Only the last component of ``name`` is kept (no client path), without control
     characters and cut to 200 characters; an empty name becomes ``image``.

@@ -5,8 +5,10 @@ An export is a zip archive holding:
 * ``manifest.json``: format and version, the collection's name, model, pretrained tag,
   embedding width, codec hash and item count;
 * ``codec.safetensors``: the codec (:meth:`PQVAECodec.to_bytes`);
-* ``items.jsonl``: one JSON object per item, in id order: ``source_uri``, ``content_hash``,
-  ``width``, ``height``, ``metadata`` and ``codes`` (base64 of the little-endian codes).
+* ``items.jsonl``: one JSON object per item, in id order: ``source_uri``, ``content_hash``
+  (32 hex characters; archives written before schema 0002 hold the full 64-hex SHA-256,
+  which an import cuts to its first 32), ``width``, ``height``, ``metadata`` and ``codes``
+  (base64 of the little-endian codes).
 
 Importing into a database creates the collection (or merges into an existing one that
 uses the same codec and model); items whose content hash is already stored are skipped.
@@ -20,6 +22,7 @@ import binascii
 import io
 import json
 import math
+import re
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ import numpy as np
 
 from semstore import __version__, storage
 from semstore.codec import PQVAECodec
+from semstore.storage.types import DIGEST_HEX_CHARS
 
 if TYPE_CHECKING:
     from semstore.database import Database
@@ -46,6 +50,8 @@ _MAX_CODEC_BYTES = 512 << 20
 _MAX_LINE_BYTES = 1 << 20
 _IMPORT_BATCH = 1000
 _EXPORT_CHUNK = 900
+# A content hash in items.jsonl: 32 hex (schema 0002 on), or the full SHA-256 of older exports.
+_ITEM_DIGEST = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{64}")
 
 
 class TransferError(ValueError):
@@ -318,8 +324,8 @@ def _parse_item(line: bytes, number: int, row_bytes: int) -> storage.NewItem:
     source_uri, digest = entry.get("source_uri"), entry.get("content_hash")
     if not isinstance(source_uri, str) or not source_uri:
         raise TransferError(f"{where}: 'source_uri' must be a non-empty string")
-    if not isinstance(digest, str) or not 0 < len(digest) <= 128:
-        raise TransferError(f"{where}: 'content_hash' must be a string of 1-128 characters")
+    if not isinstance(digest, str) or not _ITEM_DIGEST.fullmatch(digest):
+        raise TransferError(f"{where}: 'content_hash' must be 32 or 64 hex characters (SHA-256 of the file)")
     sizes = [entry.get("width"), entry.get("height")]
     if any(v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0) for v in sizes):
         raise TransferError(f"{where}: 'width' and 'height' must be non-negative integers or null")
@@ -333,7 +339,7 @@ def _parse_item(line: bytes, number: int, row_bytes: int) -> storage.NewItem:
     if len(codes) != row_bytes:
         raise TransferError(f"{where}: {len(codes)} bytes of codes, the codec needs {row_bytes}")
     return storage.NewItem(
-        source_uri=source_uri, content_hash=digest, codes=codes, codec_id=0,
+        source_uri=source_uri, content_hash=digest[:DIGEST_HEX_CHARS].lower(), codes=codes, codec_id=0,
         width=sizes[0], height=sizes[1], metadata=metadata,
     )
 

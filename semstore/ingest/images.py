@@ -20,6 +20,8 @@ from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from semstore.storage.types import DIGEST_HEX_CHARS
+
 __all__ = [
     "ALLOWED_FORMATS",
     "IMAGE_EXTENSIONS",
@@ -65,8 +67,12 @@ class BadImageError(ValueError):
 
 
 def content_hash(data: bytes) -> str:
-    """SHA-256 hex digest of raw file bytes (used to deduplicate ingested images)."""
-    return hashlib.sha256(data).hexdigest()
+    """The content hash of raw file bytes, used to deduplicate ingested images.
+
+    The first 128 bits of their SHA-256, as 32 lowercase hex characters (stored as
+    16 bytes; see :class:`semstore.storage.types.HexDigest`).
+    """
+    return hashlib.sha256(data).hexdigest()[:DIGEST_HEX_CHARS]
 
 
 def open_image(source: str | Path | bytes, *, max_pixels: int) -> Image.Image:

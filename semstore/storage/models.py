@@ -1,8 +1,9 @@
 """SQLAlchemy models of the semstore database.
 
 Only compressed codes are persisted: no column anywhere holds a float embedding.
-The initial Alembic revision (``migrations/versions/0001_initial.py``) mirrors these
-models exactly; a test checks that the migrated schema and the models agree.
+The Alembic revisions in ``migrations/versions/`` (0001 creates the tables, 0002 compacts
+``items``) build exactly these models; a test checks that the migrated schema and the
+models agree.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from semstore.storage.types import HexDigest, UnixTime, utc_now
 
 # Named constraints make Alembic batch operations on SQLite (which recreate tables) reliable.
 NAMING_CONVENTION = {
@@ -103,13 +106,15 @@ class Item(Base):
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
     source_uri: Mapped[str] = mapped_column(Text)
-    content_hash: Mapped[str] = mapped_column(String(128))
+    # 16 bytes (first 128 bits of the file's SHA-256), hex in Python; see storage.types.
+    content_hash: Mapped[str] = mapped_column(HexDigest())
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     codes: Mapped[bytes] = mapped_column(LargeBinary)
     codec_id: Mapped[int] = mapped_column(ForeignKey("codecs.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    # Integer Unix seconds on SQLite (one row per image: every byte counts), timestamptz on PostgreSQL.
+    created_at: Mapped[datetime] = mapped_column(UnixTime(), server_default=utc_now())
 
     def __repr__(self) -> str:
         return f"Item(id={self.id!r}, collection_id={self.collection_id!r}, source_uri={self.source_uri!r})"

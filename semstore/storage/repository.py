@@ -34,6 +34,7 @@ from semstore.storage.errors import (
     StorageError,
 )
 from semstore.storage.models import API_KEY_SCOPES, ApiKey, Codec, Collection, Item
+from semstore.storage.types import digest_bytes
 
 #: Largest number of bound values put in one ``IN (...)`` list (old SQLite builds allow 999).
 IN_CHUNK_SIZE = 900
@@ -50,7 +51,11 @@ MetadataValue = str | int | float | bool
 
 @dataclass(frozen=True, slots=True)
 class NewItem:
-    """An item to insert: its source, content hash, compressed codes and metadata."""
+    """An item to insert: its source, content hash, compressed codes and metadata.
+
+    ``content_hash`` is 32 lowercase hex characters (see
+    :func:`semstore.ingest.images.content_hash`).
+    """
 
     source_uri: str
     content_hash: str
@@ -203,11 +208,14 @@ def add_items(session: Session, *, collection_id: int, items: Sequence[NewItem])
 
     Bumps the collection revision. Raises :class:`DuplicateItemError` when a content
     hash repeats within ``items`` or is already stored in the collection (after which
-    the caller must roll back). The caller commits.
+    the caller must roll back), ``ValueError`` when one is not 32 lowercase hex
+    characters. The caller commits.
     """
     if not items:
         return []
     hashes = [item.content_hash for item in items]
+    for digest in hashes:
+        digest_bytes(digest)
     if len(set(hashes)) != len(hashes):
         raise DuplicateItemError("the batch contains the same content_hash more than once")
     rows = [
@@ -235,8 +243,13 @@ def add_items(session: Session, *, collection_id: int, items: Sequence[NewItem])
 
 
 def existing_hashes(session: Session, *, collection_id: int, hashes: Iterable[str]) -> set[str]:
-    """The subset of ``hashes`` already stored in the collection."""
+    """The subset of ``hashes`` already stored in the collection.
+
+    Raises ``ValueError`` when one is not a content hash (32 lowercase hex characters).
+    """
     wanted = list(dict.fromkeys(hashes))
+    for digest in wanted:
+        digest_bytes(digest)
     found: set[str] = set()
     for chunk in _chunks(wanted):
         found.update(

@@ -12,6 +12,7 @@ import semstore
 from semstore import storage
 from semstore.config import Settings
 from semstore.encoders import TINY_TEST_MODEL
+from semstore.ingest import content_hash
 from semstore.replica import catch_up
 from tests.e2e.conftest import encode, make_image
 
@@ -43,7 +44,7 @@ def _copy_item_with_id(collection: semstore.Collection, source_id: int, new_id: 
         row = session.execute(select(storage.Item).where(storage.Item.id == source_id)).scalar_one()
         session.execute(insert(storage.Item).values(
             id=new_id, collection_id=row.collection_id, source_uri="late://" + row.source_uri,
-            content_hash="late-" + row.content_hash, codes=row.codes, codec_id=row.codec_id, metadata_={},
+            content_hash=content_hash(b"late-" + row.content_hash.encode()), codes=row.codes, codec_id=row.codec_id, metadata_={},
         ))
         session.execute(
             storage.Collection.__table__.update()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import semstore
+from semstore.ingest.images import content_hash
 from semstore.storage import (
     ApiKeyExistsError,
     ApiKeyNotFoundError,
@@ -69,6 +72,11 @@ def _schema_diff(engine: Engine) -> list[object]:
         return list(compare_metadata(context, Base.metadata))
 
 
+def _h(name: str) -> str:
+    """A valid item content hash, distinct per ``name``."""
+    return content_hash(name.encode())
+
+
 def _codec_id(sessions: sessionmaker[Session], content_hash: str = "codec-a") -> int:
     with transaction(sessions) as session:
         return save_codec(session, content_hash=content_hash, config={"num_subvectors": M}, weights=b"\x00weights").id
@@ -82,7 +90,7 @@ def _collection_id(sessions: sessionmaker[Session], name: str = "photos", codec_
 def _new_items(n: int, codec_id: int, *, prefix: str = "img", start: int = 0, seed: int = 0) -> list[NewItem]:
     codes = np.random.default_rng(seed).integers(0, 256, size=(n, M), dtype=np.uint8)
     return [
-        NewItem(source_uri=f"file:///{prefix}/{start + i}.jpg", content_hash=f"{prefix}-{start + i}", codes=row, codec_id=codec_id)
+        NewItem(source_uri=f"file:///{prefix}/{start + i}.jpg", content_hash=_h(f"{prefix}-{start + i}"), codes=row, codec_id=codec_id)
         for i, row in enumerate(pack_codes(codes))
     ]
 
@@ -263,7 +271,7 @@ def test_add_and_get_items(db_sessions: sessionmaker[Session]) -> None:
     codec_id = _codec_id(db_sessions)
     collection_id = _collection_id(db_sessions, codec_id=codec_id)
     items = _new_items(5, codec_id)
-    items[0] = NewItem("s3://b/0.png", "h0", items[0].codes, codec_id, width=640, height=480, metadata={"tag": "cat"})
+    items[0] = NewItem("s3://b/0.png", _h("h0"), items[0].codes, codec_id, width=640, height=480, metadata={"tag": "cat"})
     with transaction(db_sessions) as session:
         ids = add_items(session, collection_id=collection_id, items=items)
         assert add_items(session, collection_id=collection_id, items=[]) == []
@@ -272,7 +280,7 @@ def test_add_and_get_items(db_sessions: sessionmaker[Session]) -> None:
         fetched = get_items(session, collection_id=collection_id, ids=[ids[3], ids[0], 10**9, ids[3]])
         assert [i.id for i in fetched] == [ids[3], ids[0], ids[3]]
         first = get_item(session, collection_id=collection_id, item_id=ids[0])
-        assert (first.source_uri, first.content_hash, first.width, first.height) == ("s3://b/0.png", "h0", 640, 480)
+        assert (first.source_uri, first.content_hash, first.width, first.height) == ("s3://b/0.png", _h("h0"), 640, 480)
         assert first.metadata_ == {"tag": "cat"} and first.codes == items[0].codes and first.codec_id == codec_id
         assert first.created_at is not None
         assert get_item(session, collection_id=collection_id, item_id=ids[1]).metadata_ == {}
@@ -280,6 +288,40 @@ def test_add_and_get_items(db_sessions: sessionmaker[Session]) -> None:
             get_item(session, collection_id=collection_id + 1, item_id=ids[0])
         assert collection_state(session, collection_id=collection_id) == (5, ids[-1], 1)
         assert collection_stats(session, collection_id=collection_id) == (5, 5 * M)
+
+
+def test_items_store_a_16_byte_hash_and_a_compact_timestamp(db_sessions: sessionmaker[Session]) -> None:
+    codec_id = _codec_id(db_sessions)
+    collection_id = _collection_id(db_sessions, codec_id=codec_id)
+    before = datetime.now(UTC).replace(microsecond=0)
+    with transaction(db_sessions) as session:
+        (item_id,) = add_items(session, collection_id=collection_id, items=_new_items(1, codec_id))
+    after = datetime.now(UTC)
+    with db_sessions() as session:
+        item = get_item(session, collection_id=collection_id, item_id=item_id)
+        assert item.content_hash == _h("img-0") and len(item.content_hash) == 32
+        assert item.created_at.utcoffset() == timedelta(0) and before <= item.created_at <= after
+        sqlite = session.get_bind().dialect.name == "sqlite"
+        size = "length" if sqlite else "octet_length"
+        stored = session.execute(
+            sa.text(f"SELECT {size}(content_hash), content_hash FROM items WHERE id = :id"), {"id": item_id}
+        ).one()
+        assert (stored[0], bytes(stored[1])) == (16, bytes.fromhex(_h("img-0")))
+        if sqlite:
+            raw = session.execute(sa.text("SELECT typeof(created_at), created_at FROM items WHERE id = :id"), {"id": item_id}).one()
+            assert raw == ("integer", int(item.created_at.timestamp()))
+
+
+@pytest.mark.parametrize("digest", ["h0", _h("x").upper(), _h("x") + "00", "sha256:" + _h("x")[7:], hashlib.sha256(b"x").hexdigest()])
+def test_item_content_hash_must_be_32_lowercase_hex(db_sessions: sessionmaker[Session], digest: str) -> None:
+    codec_id = _codec_id(db_sessions)
+    collection_id = _collection_id(db_sessions, codec_id=codec_id)
+    with db_sessions() as session:
+        with pytest.raises(ValueError, match="32 lowercase hex"):
+            add_items(session, collection_id=collection_id, items=[NewItem("u", digest, b"\x00" * M, codec_id)])
+        with pytest.raises(ValueError, match="32 lowercase hex"):
+            existing_hashes(session, collection_id=collection_id, hashes=[_h("y"), digest])
+        assert collection_state(session, collection_id=collection_id).count == 0
 
 
 def test_add_items_to_missing_collection_fails(db_sessions: sessionmaker[Session]) -> None:
@@ -298,7 +340,7 @@ def test_dedup_by_content_hash(db_sessions: sessionmaker[Session]) -> None:
     stored = _new_items(2000, codec_id)  # more hashes than one IN-list chunk
     with transaction(db_sessions) as session:
         add_items(session, collection_id=photos, items=stored)
-    probe = [item.content_hash for item in stored[::2]] + ["unknown-1", "unknown-2"]
+    probe = [item.content_hash for item in stored[::2]] + [_h("unknown-1"), _h("unknown-2")]
     with db_sessions() as session:
         assert existing_hashes(session, collection_id=photos, hashes=probe) == set(probe[:-2])
         assert existing_hashes(session, collection_id=art, hashes=probe) == set()
@@ -368,7 +410,7 @@ def test_delete_items(db_sessions: sessionmaker[Session]) -> None:
 def test_update_item_metadata(db_sessions: sessionmaker[Session]) -> None:
     codec_id = _codec_id(db_sessions)
     photos = _collection_id(db_sessions, "photos", codec_id)
-    items = [NewItem("u", "h", b"\x00" * M, codec_id, metadata={"a": 1, "b": "x"})]
+    items = [NewItem("u", _h("h"), b"\x00" * M, codec_id, metadata={"a": 1, "b": "x"})]
     with transaction(db_sessions) as session:
         (item_id,) = add_items(session, collection_id=photos, items=items)
     with transaction(db_sessions) as session:
@@ -397,7 +439,7 @@ def test_filter_item_ids_compares_types(db_sessions: sessionmaker[Session]) -> N
         {},
     ]
     items = [
-        NewItem(f"u{i}", f"h{i}", b"\x01" * M, codec_id, metadata=meta) for i, meta in enumerate(metadatas)
+        NewItem(f"u{i}", _h(f"h{i}"), b"\x01" * M, codec_id, metadata=meta) for i, meta in enumerate(metadatas)
     ]
     with transaction(db_sessions) as session:
         ids = add_items(session, collection_id=photos, items=items)
@@ -438,7 +480,7 @@ def test_filter_item_ids_matches_keys_with_backslashes_and_non_ascii(db_sessions
     codec_id = _codec_id(db_sessions)
     photos = _collection_id(db_sessions, "photos", codec_id)
     keys = ["\\", "\\'", "é 漢字 🙂", "a\u2028b", "$.x", "[0]"]
-    items = [NewItem(f"u{i}", f"h{i}", b"\x01" * M, codec_id, metadata={key: key, "n": i}) for i, key in enumerate(keys)]
+    items = [NewItem(f"u{i}", _h(f"h{i}"), b"\x01" * M, codec_id, metadata={key: key, "n": i}) for i, key in enumerate(keys)]
     with transaction(db_sessions) as session:
         ids = add_items(session, collection_id=photos, items=items)
     with db_sessions() as session:
@@ -453,7 +495,7 @@ def test_load_codes_round_trip_10k(db_sessions: sessionmaker[Session]) -> None:
     photos = _collection_id(db_sessions, "photos", codec_id)
     n = 10_000
     codes = np.random.default_rng(7).integers(0, 256, size=(n, M), dtype=np.uint8)
-    items = [NewItem(f"u{i}", f"h{i}", row, codec_id) for i, row in enumerate(pack_codes(codes))]
+    items = [NewItem(f"u{i}", _h(f"h{i}"), row, codec_id) for i, row in enumerate(pack_codes(codes))]
     with transaction(db_sessions) as session:
         ids = add_items(session, collection_id=photos, items=items)
     with db_sessions() as session:
@@ -478,7 +520,7 @@ def test_load_codes_uint16_empty_and_corrupt(db_sessions: sessionmaker[Session])
         add_items(
             session,
             collection_id=photos,
-            items=[NewItem(f"u{i}", f"h{i}", row, codec_id) for i, row in enumerate(pack_codes(wide))],
+            items=[NewItem(f"u{i}", _h(f"h{i}"), row, codec_id) for i, row in enumerate(pack_codes(wide))],
         )
     with db_sessions() as session:
         _, loaded = load_codes(session, collection_id=photos, num_subvectors=8, dtype=np.uint16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -14,7 +15,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 import semstore
-from semstore import transfer
+from semstore import storage, transfer
 from semstore.codec import PQVAECodec
 from semstore.config import Settings
 from semstore.encoders import TINY_TEST_MODEL
@@ -99,6 +100,9 @@ def test_malformed_archives_are_refused(tmp_path: Path) -> None:
         "not base64": {"items.jsonl": json.dumps({**entry, "codes": "!!"}).encode()},
         "nan metadata": {"items.jsonl": json.dumps({**entry, "metadata": {"x": float("nan")}}).encode()},
         "bad json": {"items.jsonl": b"{nope"},
+        "non-hex hash": {"items.jsonl": json.dumps({**entry, "content_hash": "z" * 32}).encode()},
+        "40-hex hash": {"items.jsonl": json.dumps({**entry, "content_hash": "a" * 40}).encode()},
+        "number hash": {"items.jsonl": json.dumps({**entry, "content_hash": 12}).encode()},
     }
     for label, members in cases.items():
         path = tmp_path / "junk.zip" if members is None else _rewrite(good, tmp_path, **members)
@@ -114,3 +118,37 @@ def test_malformed_archives_are_refused(tmp_path: Path) -> None:
     with pytest.raises(transfer.TransferError, match="codec"):
         transfer.import_collection(db, good, name="other")
     db.close()
+
+
+def test_archives_with_full_sha256_hashes_import_with_the_first_128_bits(tmp_path: Path) -> None:
+    """Exports written before schema 0002 carry 64-hex content hashes; they still import and dedupe."""
+    settings = Settings(data_dir=tmp_path / "data", model=TINY_TEST_MODEL, pretrained=None)
+    db = semstore.connect(f"sqlite:///{tmp_path / 'db.sqlite'}", settings=settings)
+    codec = PQVAECodec(dim=64, num_subvectors=4, codebook_size=16).fit(
+        np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32), progress=False
+    )
+    images = [_png(i) for i in range(3)]
+    photos = db.create_collection("c", codec=codec)
+    photos.add_images([(f"p{i}.png", data) for i, data in enumerate(images)])
+    archive = tmp_path / "new.zip"
+    transfer.export_collection(db, "c", archive)
+    full = {hashlib.sha256(data).hexdigest()[:32]: hashlib.sha256(data).hexdigest() for data in images}
+    entries = [json.loads(line) for line in zipfile.ZipFile(archive).read("items.jsonl").decode().splitlines()]
+    assert sorted(e["content_hash"] for e in entries) == sorted(full)
+    old_lines = [json.dumps({**e, "content_hash": full[e["content_hash"]].upper() if i == 0 else full[e["content_hash"]]})
+                 for i, e in enumerate(entries)]  # fmt: skip
+    old = _rewrite(archive, tmp_path, **{"items.jsonl": "\n".join(old_lines).encode()})
+
+    imported = transfer.import_collection(db, old, name="copy")
+    assert (imported.added, imported.skipped) == (3, 0)
+    assert _stored_hashes(db, "copy") == {e["source_uri"]: e["content_hash"] for e in entries}
+    assert transfer.import_collection(db, old, name="c").skipped == 3  # same files, 64-hex or 32-hex
+    db.close()
+
+
+def _stored_hashes(db: semstore.Database, name: str) -> dict[str, str]:
+    """Source URI -> stored content hash of every item of collection ``name``."""
+    collection_id = db.collection(name).id
+    with db.sessions() as session:
+        ids = storage.item_ids(session, collection_id=collection_id).tolist()
+        return {item.source_uri: item.content_hash for item in storage.get_items(session, collection_id=collection_id, ids=ids)}

@@ -237,10 +237,11 @@ def test_image_extensions() -> None:
     assert ".pdf" not in IMAGE_EXTENSIONS
 
 
-def test_content_hash() -> None:
-    assert content_hash(b"abc") == hashlib.sha256(b"abc").hexdigest()
+def test_content_hash_is_the_first_128_bits_of_sha256() -> None:
+    assert content_hash(b"abc") == "ba7816bf8f01cfea414140de5dae2223"  # SHA-256("abc") = ba7816bf...f20015ad
+    assert content_hash(b"abc") == hashlib.sha256(b"abc").hexdigest()[:32]
     assert content_hash(b"abc") != content_hash(b"abd")
-    assert len(content_hash(b"")) == 64
+    assert len(content_hash(b"")) == 32
 
 
 def test_animations_with_too_many_frames_are_refused_and_short_ones_give_their_first_frame() -> None:
