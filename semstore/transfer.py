@@ -2,7 +2,7 @@
 
 An export is a zip archive holding:
 
-* ``manifest.json``: format and version, the collection's name, model, pretrained tag,
+* ``manifest.json``: format and version (:data:`FORMAT_VERSION`), the collection's name, model, pretrained tag,
   embedding width, codec hash and item count;
 * ``codec.safetensors``: the codec (:meth:`PQVAECodec.to_bytes`);
 * ``items.jsonl``: one JSON object per item, in id order: ``source_uri``, ``content_hash``
@@ -39,7 +39,11 @@ if TYPE_CHECKING:
     from semstore.database import Database
 
 FORMAT = "semstore-collection"
-FORMAT_VERSION = 1
+#: Version written by exports. 2: 32-hex content hashes (schema 0002); an older semstore
+#: must refuse these archives rather than store hashes its own 64-hex ones never match.
+FORMAT_VERSION = 2
+#: Versions an import reads (1 holds 64-hex hashes, cut to 32 on import).
+READABLE_VERSIONS = (1, 2)
 
 MANIFEST = "manifest.json"
 CODEC = "codec.safetensors"
@@ -230,8 +234,10 @@ def _read_manifest(archive: zipfile.ZipFile) -> dict[str, Any]:
         raise TransferError(f"{MANIFEST} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise TransferError("not a semstore collection export (unknown manifest format)")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise TransferError(f"unsupported export version {manifest.get('version')!r} (this is {FORMAT_VERSION})")
+    if manifest.get("version") not in READABLE_VERSIONS:
+        raise TransferError(
+            f"unsupported export version {manifest.get('version')!r} (this semstore reads {list(READABLE_VERSIONS)})"
+        )
     expected = {"name": str, "model": str, "dim": int}
     for key, kind in expected.items():
         if not isinstance(manifest.get(key), kind):

@@ -137,12 +137,18 @@ def test_archives_with_full_sha256_hashes_import_with_the_first_128_bits(tmp_pat
     assert sorted(e["content_hash"] for e in entries) == sorted(full)
     old_lines = [json.dumps({**e, "content_hash": full[e["content_hash"]].upper() if i == 0 else full[e["content_hash"]]})
                  for i, e in enumerate(entries)]  # fmt: skip
-    old = _rewrite(archive, tmp_path, **{"items.jsonl": "\n".join(old_lines).encode()})
+    manifest = json.loads(zipfile.ZipFile(archive).read("manifest.json"))
+    assert manifest["version"] == transfer.FORMAT_VERSION == 2  # 32-hex hashes: not for an older reader
+    old_manifest = json.dumps({**manifest, "version": 1}).encode()
+    old = _rewrite(archive, tmp_path, **{"items.jsonl": "\n".join(old_lines).encode(), "manifest.json": old_manifest})
 
     imported = transfer.import_collection(db, old, name="copy")
     assert (imported.added, imported.skipped) == (3, 0)
     assert _stored_hashes(db, "copy") == {e["source_uri"]: e["content_hash"] for e in entries}
     assert transfer.import_collection(db, old, name="c").skipped == 3  # same files, 64-hex or 32-hex
+    future = _rewrite(archive, tmp_path, **{"manifest.json": json.dumps({**manifest, "version": 3}).encode()})
+    with pytest.raises(transfer.TransferError, match="unsupported export version 3"):
+        transfer.import_collection(db, future, name="later")
     db.close()
 
 
