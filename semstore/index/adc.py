@@ -66,6 +66,10 @@ class ADCIndex:
         self._lock = ReadWriteLock()
         self._save_lock = threading.Lock()  # saves share the read lock but not the directory
         self._refine = int(fastscan_refine)
+        # Exact re-scoring reads one flat (M*K) table per query: code c_m of sub-vector m
+        # sits at m*K + c_m.
+        self._codebook_t = np.ascontiguousarray(codec.codebook.T)
+        self._table_offsets = np.arange(codec.num_subvectors, dtype=np.int64) * codec.codebook_size
 
     # -- description ---------------------------------------------------------------------
     @property
@@ -244,13 +248,20 @@ class ADCIndex:
 
     def _exact_scores(self, sub: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Float look-up-table sums ``sum_m <q'_m, codebook[c_m]>`` of the items at ``positions``."""
-        nq, m = positions.shape[0], self._codec.num_subvectors
+        nq, width = positions.shape
+        m = self._codec.num_subvectors
+        # one 2-D product (nq*M, d) x (d, K): much cheaper than M stacked small products
+        tables = (sub.reshape(nq * m, -1) @ self._codebook_t).reshape(nq, -1)  # (nq, M*K)
         valid = positions >= 0
-        codes = self._store.read_codes(positions[valid])
-        tables = sub.reshape(nq, m, -1) @ self._codec.codebook.T  # (nq, M, K)
+        if valid.all():  # the usual case: one gather per query row
+            slots = self._store.read_codes(positions.ravel()) + self._table_offsets
+            if nq == 1:
+                return tables[0][slots].sum(axis=1)[None, :]
+            return np.take_along_axis(tables, slots.reshape(nq, width * m), axis=1).reshape(nq, width, m).sum(axis=2)
         rows = np.nonzero(valid)[0]
+        slots = self._store.read_codes(positions[valid]) + self._table_offsets
         scores = np.full(positions.shape, -np.inf, dtype=np.float32)
-        scores[valid] = tables[rows[:, None], np.arange(m)[None, :], codes].sum(axis=1)
+        scores[valid] = tables[rows[:, None], slots].sum(axis=1)
         return scores
 
     def _rerank(
@@ -354,9 +365,13 @@ class ADCIndex:
 
 def _top(scores: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k best columns per row, best first (stable among equal scores)."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    top_scores = np.take_along_axis(scores, order, axis=1)
-    top_positions = np.take_along_axis(positions, order, axis=1)
+    if scores.shape[0] == 1:  # a single query: plain indexing, no index grids to build
+        order = np.argsort(-scores[0], kind="stable")[:k]
+        top_scores, top_positions = scores[:, order], positions[:, order]
+    else:
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top_scores = np.take_along_axis(scores, order, axis=1)
+        top_positions = np.take_along_axis(positions, order, axis=1)
     top_positions[~np.isfinite(top_scores)] = -1
     return top_scores, top_positions
 

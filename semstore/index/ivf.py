@@ -71,6 +71,7 @@ class IVFADCIndex:
         self._ids = ids
         self._flat = flat
         self._lookup = IdLookup(ids, lambda: self._ids)
+        self._search_params: dict[tuple[int, int], faiss.SearchParameters] = {}
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -187,16 +188,26 @@ class IVFADCIndex:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         sub, offset = self._codec.query_parts(queries)
-        ivf_params = faiss.SearchParametersIVF(nprobe=min(int(nprobe), self.nlist))
-        if self._index is self._ivf:
-            params: faiss.SearchParameters = ivf_params
-        else:
-            params = faiss.IndexRefineSearchParameters(k_factor=float(refine), base_index_params=ivf_params)
-        scores, positions = search_padded(self._index, sub, int(k), params)
+        scores, positions = search_padded(self._index, sub, int(k), self._params(int(nprobe), int(refine)))
         scores += offset[:, None]
         scores[positions < 0] = -np.inf
         ids = np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1)
         return np.ascontiguousarray(scores, dtype=np.float32), ids
+
+    def _params(self, nprobe: int, refine: int) -> faiss.SearchParameters:
+        """FAISS search parameters, built once per (nprobe, refine): building them costs about
+        as much as scanning a few lists, and searches only read them."""
+        key = (min(nprobe, self.nlist), refine)
+        params = self._search_params.get(key)
+        if params is None:
+            ivf_params = faiss.SearchParametersIVF(nprobe=key[0])
+            if self._index is self._ivf:
+                params = ivf_params
+            else:
+                params = faiss.IndexRefineSearchParameters(k_factor=float(refine), base_index_params=ivf_params)
+                params._keep = ivf_params  # the refine parameters hold a raw pointer to these
+            self._search_params[key] = params
+        return params
 
     def __repr__(self) -> str:
         return f"IVFADCIndex(nlist={self.nlist}, ntotal={self.ntotal}, M={self._codec.num_subvectors}, K={self._codec.codebook_size})"
