@@ -47,14 +47,18 @@ def queries() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def make_codec(data: np.ndarray) -> Callable[[int], PQVAECodec]:
-    """Tiny codecs (one training iteration, greedy encoding), trained once per module."""
+    """Tiny codecs (one training iteration, greedy encoding), trained once per module.
+
+    The training beam is pinned: the brute-force comparisons below need queries whose 10th
+    and 11th scores differ, which depends on how these few codes spread.
+    """
     cache: dict[int, PQVAECodec] = {}
 
     def make(codebook_size: int) -> PQVAECodec:
         if codebook_size not in cache:
             codec = PQVAECodec(
                 dim=DIM, num_subvectors=M, codebook_size=codebook_size,
-                iterations=1, kmeans_iterations=2, beam_size=1,
+                iterations=1, kmeans_iterations=2, beam_size=1, train_beam_size=4,
             )
             cache[codebook_size] = codec.fit(data[:200], seed=codebook_size, progress=False)
         return cache[codebook_size]
