@@ -3,7 +3,10 @@
 Usage::
 
     python bench/codec_quality.py [--bits 64 128 256] [--train N] [--test N]
-                                  [--dataset minilm|synthetic] [--quick] [--out bench/RESULTS.md]
+                                  [--dataset minilm|synthetic|npz] [--embeddings FILE.npz]
+                                  [--quick] [--out bench/RESULTS.md]
+
+``--dataset npz`` reads real CLIP image / caption embeddings written by ``bench/embed_clip.py``.
 
 Metrics (one train/test split; the test documents are the compressed database):
 
