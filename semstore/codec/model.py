@@ -239,21 +239,13 @@ class PQVAECodec:
 
         ``<q, decode(c, normalize=False)> == query_offset(q) + sum_m <q'_m, codebook[c_m]>``.
         """
-        queries = _as_matrix("Q", Q, self.dim)
-        return np.ascontiguousarray(queries @ self.query_matrix)
+        return self.query_parts(Q)[0]
 
     @property
     def query_matrix(self) -> np.ndarray:
-        """The linear map of :meth:`query_transform`, float32 (dim, M*d): ``T^{-1} [P_1 ... P_M]``.
-
-        Folded once per codec, so a search costs one matrix product instead of an einsum
-        over the (M, D, d) blocks on every call.
-        """
-        if "query" not in self._cache:
-            params = self._require()
-            folded = np.einsum("ED,mDd->Emd", params["inverse_transform"], params["blocks"], optimize=True)
-            self._cache["query"] = np.ascontiguousarray(folded.reshape(self.dim, -1), dtype=np.float32)
-        return self._cache["query"]
+        """The linear map of :meth:`query_transform`, float32 (dim, M*d): ``T^{-1} [P_1 ... P_M]``
+        (a read-only view; see :meth:`query_parts`)."""
+        return self._query_and_mean()[:, :-1]
 
     def query_parts(self, Q: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(query_transform(Q), query_offset(Q))`` from one check and one matrix product.
@@ -262,11 +254,20 @@ class PQVAECodec:
         two validations and two products.
         """
         queries = _as_matrix("Q", Q, self.dim)
-        if "query_parts" not in self._cache:
-            joined = np.concatenate([self.query_matrix, self.mean[:, None].astype(np.float32)], axis=1)
-            self._cache["query_parts"] = np.ascontiguousarray(joined)
-        both = queries @ self._cache["query_parts"]
+        both = queries @ self._query_and_mean()
         return np.ascontiguousarray(both[:, :-1]), np.ascontiguousarray(both[:, -1])
+
+    def _query_and_mean(self) -> np.ndarray:
+        """``[G | mu]``, float32 (dim, M*d + 1), folded once per codec so a search costs one
+        matrix product instead of an einsum over the (M, D, d) blocks on every call."""
+        if "query" not in self._cache:
+            params = self._require()
+            folded = np.einsum("ED,mDd->Emd", params["inverse_transform"], params["blocks"], optimize=True)
+            joined = np.concatenate([folded.reshape(self.dim, -1), params["mean"][:, None]], axis=1)
+            joined = np.ascontiguousarray(joined, dtype=np.float32)
+            joined.flags.writeable = False
+            self._cache["query"] = joined
+        return self._cache["query"]
 
     @property
     def mean(self) -> np.ndarray:

@@ -263,7 +263,11 @@ def test_query_parts_are_the_transform_and_offset_in_one_product() -> None:
     codec = PQVAECodec(dim=24, num_subvectors=4, codebook_size=16, iterations=0).fit(data, progress=False)
     queries = data[:7] * 3.0
     sub, offset = codec.query_parts(queries)
-    np.testing.assert_allclose(sub, codec.query_transform(queries), rtol=1e-5, atol=1e-5)
+    # against the definition q'_m = P_m^T T^{-1} q, computed block by block
+    params = codec._require()
+    blocks = [(queries @ params["inverse_transform"]) @ block for block in params["blocks"]]
+    np.testing.assert_allclose(sub, np.concatenate(blocks, axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(codec.query_transform(queries), sub)
     np.testing.assert_allclose(offset, codec.query_offset(queries), rtol=1e-5, atol=1e-5)
     assert sub.flags.c_contiguous and sub.dtype == np.float32 and offset.shape == (7,)
     with pytest.raises(ValueError, match="NaN"):
