@@ -23,7 +23,7 @@ never the bottleneck of ingest. This bench measures, in one process:
 Usage::
 
     python bench/encode_speed.py --quick
-    python bench/encode_speed.py [--beams 1 2 4 6 8 12 16] [--bits 128] [--profile] [--write]
+    python bench/encode_speed.py [--beams 1 2 4 6 8 12 16] [--bits 128] [--profile] [--no-write]
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="cProfile one default encode")
-    parser.add_argument("--write", action="store_true", help="append the report to bench/RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = parser.parse_args(argv)
     if args.beams is None:
         args.beams = [1, 4, 8, 16] if args.quick else [1, 2, 4, 6, 8, 12, 16]
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     report = format_report(rows, codec, data, args.threads, fit_s, n_train + n_test)
     if profile:
         report += "\n\ncProfile of one default encode (tottime order):\n\n```\n" + profile.strip() + "\n```"
-    publish("Codec encoding speed vs beam" + (" (quick)" if args.quick else ""), report, write=args.write)
+    publish("Codec encoding speed vs beam" + (" (quick)" if args.quick else ""), report, write=not args.no_write)
     return 0
 
 

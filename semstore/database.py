@@ -129,6 +129,7 @@ class Database:
             dim=dim,
             num_subvectors=self.settings.codec_num_subvectors,
             codebook_size=self.settings.codec_codebook_size,
+            beam_size=self.settings.codec_beam_size,
         )
 
     def index_directory(self, collection: Collection) -> Path:

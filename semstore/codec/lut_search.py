@@ -15,8 +15,11 @@ within 0.002 % (bench/RESULTS.md).
 
 The products go through torch into one buffer reused by every chunk. numpy's OpenBLAS
 keeps its worker threads spinning for a while after each product, and they took a core
-from the FAISS kernel that runs next (OpenMP). On 2 cores, torch's products with the
-reused buffer encoded 1.1-1.3x faster than numpy's at beams 4 and 8 (bench/RESULTS.md).
+from the FAISS kernel that runs next (OpenMP): with ``OPENBLAS_THREAD_TIMEOUT=4`` the
+numpy version encoded 1.2-1.4x faster. torch's products into the reused buffer recover
+part of that without touching the environment: in separate-process runs on 2 cores the
+whole encode got 1.0-1.2x faster, as measured on a machine whose own speed drifted by up
+to 1.5x (bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -356,8 +356,8 @@ class PQVAECodec:
 
     def _working_space(self, data: np.ndarray) -> np.ndarray:
         """``y = T (x - mu)``; the product is skipped when T is the identity (no query weighting):
-        on MiniLM at beam 4 that made encoding 1.15-1.25x faster (the product is small, but
-        numpy's OpenBLAS threads keep spinning after it, see :mod:`~semstore.codec.lut_search`)."""
+        on MiniLM at beam 4 it took 13-20 % of the encoding time. The product is small, but
+        numpy's OpenBLAS threads keep spinning after it (see :mod:`~semstore.codec.lut_search`)."""
         params = self._require()
         centred = data - params["mean"]
         if "identity" not in self._cache:

@@ -151,3 +151,12 @@ def test_too_few_images_to_train_is_a_clear_error(tmp_path: Path, settings: Sett
     db = semstore.connect(f"sqlite:///{tmp_path / 'a.db'}", settings=settings)
     with pytest.raises(semstore.IngestError, match="at least 2"):
         db.create_collection("one").add(images, progress=False)
+
+
+def test_codec_beam_setting_reaches_new_codecs(tmp_path: Path, settings: Settings) -> None:
+    fast = settings.model_copy(update={"codec_beam_size": 4})
+    db = semstore.connect(f"sqlite:///{tmp_path / 'beam.db'}", settings=fast)
+    assert db.new_codec(32).config.beam_size == 4
+    assert semstore.connect(f"sqlite:///{tmp_path / 'default.db'}", settings=settings).new_codec(32).config.beam_size == 16
+    with pytest.raises(ValueError):
+        Settings(codec_beam_size=0)

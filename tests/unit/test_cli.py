@@ -22,6 +22,7 @@ from typer.testing import CliRunner, Result
 from semstore.cli import app
 from semstore.cli.errors import CliError
 from semstore.cli.params import parse_pairs, parse_value
+from semstore.codec import PQVAECodec
 
 TINY = "semstore-tiny-test"
 IMAGE_COUNT = 12
@@ -251,10 +252,11 @@ def test_train_codec_then_share_it(workspace: Workspace, tmp_path: Path) -> None
     codec_file = tmp_path / "codec.safetensors"
     trained = workspace.run(
         "train-codec", tmp_path / "embeddings.npy", "--output", codec_file,
-        "--subvectors", "4", "--codebook-size", "16", "--no-progress",
+        "--subvectors", "4", "--codebook-size", "16", "--beam", "4", "--no-progress",
     )
     assert trained.exit_code == 0, trained.output
     assert codec_file.is_file() and "relative error" in trained.stdout and "16 bits" in trained.stdout
+    assert PQVAECodec.load(codec_file).config.beam_size == 4
     short_hash = trained.stdout.split("saved codec ", 1)[1].split()[0]
 
     created = workspace.run("init", "-c", "shared", "--codec", codec_file)
