@@ -275,9 +275,19 @@ def test_train_codec_then_share_it(workspace: Workspace, tmp_path: Path) -> None
     hits = _json_lines(workspace.run("search", "blue", "-c", "shared", "--where", "flag=true", "--json"))
     assert [hit["metadata"] for hit in hits] == [{"n": 3, "flag": True}]
 
-    # Another collection's codec is refused for this one.
-    other = workspace.run("ingest", workspace.images / "solid-red.png", "--codec", codec_file, "--no-progress")
-    _assert_one_error_line(other, "default")
+    # Another codec is refused for a collection that has its own (this test makes both, so it
+    # does not depend on what earlier tests left in the workspace).
+    np.save(tmp_path / "other.npy", np.random.default_rng(1).standard_normal((100, 64)).astype(np.float32))
+    other_codec = tmp_path / "other.safetensors"
+    assert workspace.run(
+        "train-codec", tmp_path / "other.npy", "-o", other_codec, "--subvectors", "4", "--codebook-size", "16",
+        "--no-progress",
+    ).exit_code == 0
+    assert workspace.run("init", "-c", "own-codec", "--codec", other_codec).exit_code == 0
+    other = workspace.run(
+        "ingest", workspace.images / "solid-red.png", "-c", "own-codec", "--codec", codec_file, "--no-progress"
+    )
+    _assert_one_error_line(other, "own-codec", "uses codec")
 
 
 def test_init_twice_and_delete_collection(workspace: Workspace) -> None:
