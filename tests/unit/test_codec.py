@@ -241,7 +241,7 @@ def test_parallel_weight_is_validated_and_keeps_old_codec_versions() -> None:
 
 def test_approximate_top_k_encodes_almost_as_well_as_exact_beam_search() -> None:
     data = clustered(1500, 32, seed=11)
-    codec = PQVAECodec(dim=32, num_subvectors=8, codebook_size=32, iterations=1, beam_size=16).fit(
+    codec = PQVAECodec(dim=32, num_subvectors=8, codebook_size=64, iterations=1, beam_size=16).fit(
         data[:1000], progress=False
     )
     test = data[1000:]
