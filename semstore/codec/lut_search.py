@@ -9,9 +9,9 @@ residuals: the codes equal those of :func:`semstore.codec.quantizer.beam_encode`
 
 Keeping the best ``beam_size`` of the ``beam_size * K`` candidates at each stage takes a
 large share of the kernel's time; ``exact_topk=False`` uses FAISS's approximate top-k (the
-K candidates of each beam entry split into 8 buckets, the best 3 of each kept), which
-encoded MiniLM-shaped codes 1.5x faster at beam 16 with the same mean squared error to
-within 0.002 % (bench/RESULTS.md).
+K candidates of each beam entry split into 8 buckets, the best 3 of each kept). With the
+default K=256 it encoded MiniLM vectors 1.1-1.3x faster at beams 2-16, with the same mean
+squared error to within 0.02 % (bench/RESULTS.md).
 
 The products go through torch into one buffer reused by every chunk. numpy's OpenBLAS
 keeps its worker threads spinning for a while after each product, and they took a core
