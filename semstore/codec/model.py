@@ -360,9 +360,9 @@ class PQVAECodec:
         numpy's OpenBLAS threads keep spinning after it (see :mod:`~semstore.codec.lut_search`)."""
         params = self._require()
         centred = data - params["mean"]
-        if "identity" not in self._cache:
-            self._cache["identity"] = bool(np.array_equal(params["transform"], np.eye(self.dim, dtype=np.float32)))
-        return centred if self._cache["identity"] else centred @ params["transform"]
+        if self.config.query_weighting == 0.0:  # _weighting's T is then exactly the identity
+            return centred
+        return centred @ params["transform"]
 
     def _directions(self, data: np.ndarray, inverse: np.ndarray) -> np.ndarray | None:
         """Each item's unit direction seen from the working space, ``T^{-1} x / ||x||``.

@@ -272,3 +272,18 @@ def test_query_parts_are_the_transform_and_offset_in_one_product() -> None:
     assert sub.flags.c_contiguous and sub.dtype == np.float32 and offset.shape == (7,)
     with pytest.raises(ValueError, match="NaN"):
         codec.query_parts(np.full((1, 24), np.nan, np.float32))
+
+
+@pytest.mark.parametrize("weighting", [0.0, 0.5])
+def test_encode_searches_the_weighted_working_space(weighting: float) -> None:
+    # encode codes y = T (x - mu), where T is the identity only without query weighting
+    from semstore.codec.quantizer import beam_encode
+
+    data = clustered(700, 24, seed=5)
+    codec = PQVAECodec(dim=24, num_subvectors=4, codebook_size=16, iterations=1, query_weighting=weighting)
+    codec.fit(data[:500], progress=False)
+    params = codec._require()
+    assert np.array_equal(params["transform"], np.eye(24, dtype=np.float32)) == (weighting == 0.0)
+    targets = (data[500:] - params["mean"]) @ params["transform"]
+    expected = beam_encode(targets, params["codebook"], params["blocks"], codec.config.beam_size, exact_topk=True)
+    np.testing.assert_array_equal(codec.encode(data[500:], exact_topk=True), expected)
