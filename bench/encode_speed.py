@@ -60,12 +60,12 @@ class BeamRow:
 
     beam: int
     approx_vps: float
+    approx_range: tuple[float, float]  # slowest, fastest run (vec/s)
     exact_vps: float
     relative_error: float
     recall10: float
     paired_r1: float
     paired_r10: float
-    approx_range: tuple[float, float] = (0.0, 0.0)  # slowest, fastest run (vec/s)
 
 
 def load_data(dataset: str, n_train: int, n_test: int, seed: int) -> EmbeddingDataset:
@@ -122,7 +122,7 @@ def measure(codec: PQVAECodec, data: EmbeddingDataset, beams: list[int], repeats
         approx = _throughput(lambda: codec.encode(vectors, beam_size=beam), len(vectors), repeats)
         exact = _throughput(lambda: codec.encode(vectors, beam_size=beam, exact_topk=True), len(vectors), repeats)
         quality = beam_quality(codec, data, truth, beam)
-        rows.append(BeamRow(beam, approx[0], exact[0], *quality, approx_range=(approx[1], approx[2])))
+        rows.append(BeamRow(beam, approx[0], (approx[1], approx[2]), exact[0], *quality))
         print(f"[beam {beam:>2}] {approx[0]:,.0f} vec/s (runs {approx[1]:,.0f}-{approx[2]:,.0f}; exact top-k "
               f"{exact[0]:,.0f}); rel. error {quality[0]:.4f}, 10-R@10 {quality[1]:.4f}, pR@1 {quality[2]:.4f}, "
               f"pR@10 {quality[3]:.4f}", flush=True)
