@@ -47,7 +47,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench.datasets import EmbeddingDataset, load_minilm_docstrings, make_synthetic_clip_like  # noqa: E402
 from bench.metrics import exact_topk_inner_product, paired_recall, recall_at_k  # noqa: E402
-from bench.report import CACHE, publish  # noqa: E402
+from bench.report import CACHE, publish, timed_runs  # noqa: E402
 from semstore.codec import PQVAECodec  # noqa: E402
 
 K = 10
@@ -131,13 +131,7 @@ def measure(codec: PQVAECodec, data: EmbeddingDataset, beams: list[int], repeats
 
 def _throughput(run, count: int, repeats: int) -> tuple[float, float, float]:
     """(median, slowest, fastest) vectors/s of ``run`` over ``repeats`` runs after one warm-up."""
-    run()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    seconds.sort()
+    seconds = sorted(timed_runs(run, min_runs=repeats, max_runs=repeats, warmup=True))
     return count / seconds[len(seconds) // 2], count / seconds[-1], count / seconds[0]
 
 

@@ -62,18 +62,30 @@ def publish(title: str, body: str, *, write: bool) -> None:
         append_results(title, body)
 
 
-def median_seconds(run: Callable[[], object], *, budget_s: float, min_runs: int = 3, max_runs: int = 200) -> float:
-    """Median wall time of ``run()`` over repeats until ``budget_s`` is spent (at least ``min_runs``).
+def timed_runs(
+    run: Callable[[], object], *, budget_s: float = 0.0, min_runs: int = 3, max_runs: int = 200, warmup: bool = False
+) -> list[float]:
+    """Wall times (s) of repeated ``run()`` calls: at least ``min_runs``, more while ``budget_s`` lasts.
 
-    The median, not the mean: other jobs share the CPU, and a median ignores their spikes.
+    ``warmup`` makes one untimed call first (caches, lazily built tables, thread pools).
     """
+    if warmup:
+        run()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(run: Callable[[], object], *, budget_s: float, min_runs: int = 3, max_runs: int = 200) -> float:
+    """Median wall time of ``run()`` over repeats until ``budget_s`` is spent (at least ``min_runs``).
+
+    The median, not the mean: other jobs share the CPU, and a median ignores their spikes.
+    """
+    return statistics.median(timed_runs(run, budget_s=budget_s, min_runs=min_runs, max_runs=max_runs))
 
 
 def publish_section(lines: list[str], *, append: bool, path: Path = RESULTS) -> None:
