@@ -50,6 +50,7 @@ class FitReport:
     held_out_error_history: list[float] = field(default_factory=list)
     revived_codewords: int = 0
     codeword_usage: float = 0.0
+    best_iteration: int = 0  # the refinement iteration whose parameters were kept (0: the initial ones)
 
     @property
     def held_out_error(self) -> float:
@@ -65,7 +66,7 @@ class FitReport:
     def summary(self) -> str:
         return (
             f"trained on {self.num_train_vectors} of {self.num_vectors} vectors in {self.seconds:.1f}s, "
-            f"{self.iterations} iterations, relative error {self.relative_error:.4f} "
+            f"{self.iterations} iterations (kept {self.best_iteration}), relative error {self.relative_error:.4f} "
             f"(held out {self.held_out_error:.4f}), "
             f"codeword usage {self.codeword_usage:.0%}, revived {self.revived_codewords}"
         )
@@ -193,7 +194,8 @@ def train_shared_codebook(
     history, validation = [train_error], [held_error]
     best, best_score = TrainedParameters(codebook, blocks), held_error if held is not None else train_error
     revived_total = 0
-    for _ in range(config.iterations):
+    best_iteration = 0
+    for iteration in range(1, config.iterations + 1):
         new_books, revived = update_stage_books(train, codes, books, rng, directions=train_dirs, parallel_weight=weight)
         revived_total += revived
         codebook, blocks = factor_shared(new_books, rank)
@@ -203,9 +205,11 @@ def train_shared_codebook(
         validation.append(held_error)
         score = held_error if held is not None else train_error
         if score < best_score:
-            best_score, best = score, TrainedParameters(codebook, blocks)
+            best_score, best, best_iteration = score, TrainedParameters(codebook, blocks), iteration
         bar.update(1)
         bar.set_postfix(rel_err=f"{train_error:.4f}", held_out=f"{held_error:.4f}")
+        if held is not None and config.patience is not None and iteration - best_iteration >= config.patience:
+            break
     bar.close()
 
     final_codes = beam_encode(
@@ -215,11 +219,12 @@ def train_shared_codebook(
     report = FitReport(
         num_vectors=num_vectors,
         num_train_vectors=targets.shape[0],
-        iterations=config.iterations,
+        iterations=len(history) - 1,
         seconds=time.perf_counter() - started,
         relative_error_history=history,
         held_out_error_history=validation,
         revived_codewords=revived_total,
         codeword_usage=_usage(final_codes, k_count),
+        best_iteration=best_iteration,
     )
     return best, report

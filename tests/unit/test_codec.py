@@ -235,8 +235,30 @@ def test_parallel_weight_is_validated_and_keeps_old_codec_versions() -> None:
 
     old = PQVAECodec.load(Path(__file__).parents[1] / "data" / "codec-format1-tiny.safetensors")
     assert old.config.parallel_weight == 1.0
+    assert old.config.patience is None  # it ran every refinement iteration
     assert old.content_hash.startswith("ce84b4d48877")
     assert old.encode(np.ones((1, 16), np.float32)).shape == (1, 4)
+
+
+def test_refinement_stops_once_the_held_out_error_stops_falling() -> None:
+    # unstructured vectors, 4 x 64 codewords for 360 training vectors: the refinement overfits
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    full = PQVAECodec(dim=32, num_subvectors=4, codebook_size=64, iterations=8, patience=None).fit(x, seed=1, progress=False)
+    assert full.report.iterations == 8
+    assert full.report.best_iteration + 2 < 8  # the precondition: the best iterate comes early
+    held = full.report.held_out_error_history
+    assert held[full.report.best_iteration] == min(held)
+
+    early = PQVAECodec(dim=32, num_subvectors=4, codebook_size=64, iterations=8, patience=2).fit(x, seed=1, progress=False)
+    assert early.report.best_iteration == full.report.best_iteration
+    assert early.report.iterations == early.report.best_iteration + 2
+    assert early.report.held_out_error_history == held[: early.report.iterations + 1]
+    # the same iterate is kept, so the codes are the same
+    assert np.array_equal(early.encode(x), full.encode(x))
+    with pytest.raises(ValueError, match="patience"):
+        PQVAECodec(dim=8, patience=0)
 
 
 def test_approximate_top_k_encodes_almost_as_well_as_exact_beam_search() -> None:
