@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     codec_beam_size: int = Field(
         default=16, ge=1, le=256,
         description=(
-            "Beam of a new codec's encoding search. 16 is the quality default; 4 encoded about "
-            "1.5-2x faster on 2 cores for 0.009 less 10-recall@10 on MiniLM (bench/RESULTS.md)."
+            "Beam of a new codec's encoding search. 16 is the quality default; 8 encoded 1.4x and "
+            "4 1.9x faster on 2 cores, for 0.001 and 0.005 less 10-recall@10 on MiniLM (bench/RESULTS.md)."
         ),
     )
 
