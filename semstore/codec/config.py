@@ -44,7 +44,7 @@ class CodecConfig:
     num_subvectors: int = 16
     codebook_size: int = 256
     subvector_dim: int | None = None
-    beam_size: int = 16
+    beam_size: int = 12
     train_beam_size: int | None = 8
     iterations: int = 12
     patience: int | None = 2

@@ -1,30 +1,40 @@
-"""Residual beam search through FAISS's look-up-table kernel (exact, much faster than numpy).
+"""Residual beam search through FAISS's look-up-table step kernel (exact, much faster than numpy).
 
 For stage codebooks ``B`` (M, K, D) the squared error of a partial code depends on the
 vector only through ``<y, B[m, k]>`` (one matrix product per vector, computed here with
-BLAS) and on the codebooks through their cross products ``<B[m, k], B[m', k']>`` (computed
-once per codebook by FAISS). FAISS's ``ResidualQuantizer.refine_beam_LUT`` then runs the
-whole beam search from these tables in C++ (OpenMP), without touching D-dimensional
-residuals: the codes equal those of :func:`semstore.codec.quantizer.beam_encode`.
+torch) and on the codebooks through their cross products ``<B[m, k], B[m', k']>`` (computed
+once per codebook). FAISS's ``beam_search_encode_step_tab`` then runs each stage of the beam
+search from these tables in C++ (OpenMP), without touching D-dimensional residuals: the
+codes equal those of :func:`semstore.codec.quantizer.beam_encode`.
 
-Keeping the best ``beam_size`` of the ``beam_size * K`` candidates at each stage takes a
-large share of the kernel's time; ``exact_topk=False`` uses FAISS's approximate top-k (the
-K candidates of each beam entry split into 8 buckets, the best 3 of each kept). With the
-default K=256 it encoded MiniLM vectors 1.1-1.3x faster at beams 2-16, with the same mean
-squared error to within 0.02 % (bench/RESULTS.md).
+Stages are stepped from Python (FAISS's ``refine_beam_LUT`` keeps the same width to the
+end) so that the last stage keeps only the best candidate: the code is the same, and the
+final top-k over ``beam_size * K`` candidates becomes an argmin.
 
-The products go through torch into one buffer reused by every chunk. numpy's OpenBLAS
-keeps its worker threads spinning for a while after each product, and they took a core
-from the FAISS kernel that runs next (OpenMP): with ``OPENBLAS_THREAD_TIMEOUT=4`` the
-numpy version encoded 1.2-1.4x faster. torch's products into the reused buffer recover
-part of that without touching the environment: in separate-process runs on 2 cores the
-whole encode got 1.0-1.2x faster, as measured on a machine whose own speed drifted by up
-to 1.5x (bench/RESULTS.md).
+Two optional speed-ups, both off in the exact search that training uses:
+
+* ``exact_topk=False`` keeps each stage's survivors with FAISS's approximate top-k (the K
+  candidates of each beam entry split into 8 buckets, the best 3 of each kept). With the
+  default K=256 it encoded MiniLM vectors 1.1-1.3x faster at beams 2-16, with the same mean
+  squared error to within 0.02 % (bench/RESULTS.md).
+* ``bfloat16_products=True`` computes ``<y, B[m, k]>`` in bfloat16 (inputs and results
+  rounded to 8-bit mantissas; torch has no CPU product of bfloat16 inputs with a float32
+  result). That product is about a third of the encoding time in float32 and 3.5x cheaper in
+  bfloat16 on CPUs with native bfloat16 instructions (:func:`native_bfloat16`). The rounding
+  changes about 15 % of the codes of MiniLM vectors, but not their quality: the mean relative
+  squared error at beams 8 / 12 / 16 was 0.29255 / 0.28997 / 0.28851 against 0.29247 /
+  0.28991 / 0.28859 exact (bench/RESULTS.md). Where the CPU lacks those instructions torch
+  emulates them and the product gets slower, so the codec turns it on only where they exist.
+
+numpy's OpenBLAS keeps its worker threads spinning for a while after each product, and they
+took a core from the FAISS kernel that runs next (OpenMP). torch's products into one buffer
+reused by every chunk avoid that without touching the environment.
 """
 
 from __future__ import annotations
 
-import threading
+import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -39,72 +49,102 @@ _APPROX_MAX_WIDTH = 24
 _APPROX_MIN_CODEBOOK = 64
 
 
+@functools.cache
+def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16 flags, Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
 class LutBeamSearch:
     """FAISS look-up-table beam search over fixed stage codebooks (plain squared error).
 
-    Thread-safe: :meth:`encode` only reads the prepared tables (the top-k mode, the one
-    setting a call changes, is switched under a lock).
+    Thread-safe: :meth:`encode` only reads the prepared tables.
     """
 
     def __init__(self, stage_books: np.ndarray) -> None:
-        import faiss
+        import torch
 
         m_count, k_count, dim = stage_books.shape
         if not self.applies(m_count, k_count):
             raise ValueError(f"no FAISS look-up-table search for M={m_count}, K={k_count}")
-        self._flat_t = np.ascontiguousarray(stage_books.reshape(m_count * k_count, dim).T, dtype=np.float32)
+        flat = np.ascontiguousarray(stage_books.reshape(m_count * k_count, dim), dtype=np.float32)
         self._m, self._k = m_count, k_count
-        quantizer = faiss.ResidualQuantizer(dim, m_count, k_count.bit_length() - 1)
-        faiss.copy_array_to_vector(np.ascontiguousarray(stage_books, dtype=np.float32).ravel(), quantizer.codebooks)
-        quantizer.is_trained = True
-        quantizer.use_beam_LUT = 1
-        quantizer.compute_codebook_tables()
-        self._quantizer = quantizer
-        self._mode_lock = threading.Lock()
+        self._books_t = torch.from_numpy(np.ascontiguousarray(flat.T))
+        self._books_t_bf16 = self._books_t.to(torch.bfloat16)
+        # <B[m', k'], B[m, k]> for every pair of codewords; each stage reads the columns of its
+        # own codebook in the rows of the earlier stages' chosen codewords
+        self._cross = np.ascontiguousarray(flat @ flat.T, dtype=np.float32).ravel()
+        self._norms = np.einsum("kD,kD->k", flat, flat).astype(np.float32)
+        self._offsets = np.arange(m_count, dtype=np.uint64) * np.uint64(k_count)
 
     @staticmethod
     def applies(num_subvectors: int, codebook_size: int) -> bool:
-        """FAISS needs K = 2**nbits (nbits <= 8 here) and a cross-product table that fits."""
+        """K a power of two up to 256 (FAISS's code layout) and a cross-product table that fits."""
         power_of_two = codebook_size >= 2 and codebook_size & (codebook_size - 1) == 0
         return power_of_two and codebook_size <= 256 and 4 * (num_subvectors * codebook_size) ** 2 <= MAX_TABLE_BYTES
 
-    def encode(self, targets: np.ndarray, beam_size: int, *, exact_topk: bool = True) -> np.ndarray:
+    def encode(
+        self, targets: np.ndarray, beam_size: int, *, exact_topk: bool = True, bfloat16_products: bool = False
+    ) -> np.ndarray:
         """Codes (n, M) int64 minimising ``||y - sum_m B[m, codes[m]]||^2`` by beam search.
 
         ``exact_topk=False`` selects each stage's survivors with FAISS's approximate top-k
-        (beams up to 24 wide and codebooks of at least 64 codewords; otherwise it stays exact).
+        (beams up to 24 wide and codebooks of at least 64 codewords; otherwise it stays exact);
+        ``bfloat16_products=True`` computes the vector-codeword products in bfloat16.
         """
         import faiss
 
-        # The beam width is an argument of the call (the quantizer's max_beam_size is not
-        # read); the top-k mode is the quantizer's, hence the lock.
         width = int(min(beam_size, float(self._k) ** self._m))
         approximate = not exact_topk and 1 < width <= _APPROX_MAX_WIDTH and self._k >= _APPROX_MIN_CODEBOOK
         mode = faiss.APPROX_TOPK_BUCKETS_B8_D3 if approximate else faiss.EXACT_TOPK
-        with self._mode_lock:
-            self._quantizer.approx_topk_mode = mode
-            return self._encode(targets, width)
-
-    def _encode(self, targets: np.ndarray, width: int) -> np.ndarray:
-        import faiss
-        import torch
-
         total = targets.shape[0]
         out = np.empty((total, self._m), dtype=np.int64)
-        rows = min(total, _CHUNK)
-        products = np.empty((rows, self._flat_t.shape[1]), dtype=np.float32)  # <y, B[m, k]>, all codewords
-        products_t = torch.from_numpy(products)
-        codes = np.empty((rows, width, self._m), dtype=np.int32)
-        distances = np.empty((rows, width), dtype=np.float32)
-        books_t = torch.from_numpy(self._flat_t)
+        products = np.empty((min(total, _CHUNK), self._m * self._k), dtype=np.float32)  # <y, B[m, k]>
         for start in range(0, total, _CHUNK):
             chunk = np.ascontiguousarray(targets[start : start + _CHUNK], dtype=np.float32)
             n = chunk.shape[0]
-            torch.mm(torch.from_numpy(chunk), books_t, out=products_t[:n])
-            norms = np.einsum("nD,nD->n", chunk, chunk).astype(np.float32)
-            self._quantizer.refine_beam_LUT(
-                n, faiss.swig_ptr(norms), faiss.swig_ptr(products), width,
-                faiss.swig_ptr(codes), faiss.swig_ptr(distances),
-            )
-            out[start : start + n] = codes[:n, 0, :]
+            self._products(chunk, products[:n], bfloat16_products)
+            out[start : start + n] = self._search(chunk, products[:n], width, mode)
         return out
+
+    def _products(self, chunk: np.ndarray, out: np.ndarray, bfloat16: bool) -> None:
+        import torch
+
+        if bfloat16:
+            rounded = torch.from_numpy(chunk).to(torch.bfloat16)
+            torch.from_numpy(out).copy_(torch.mm(rounded, self._books_t_bf16))
+        else:
+            torch.mm(torch.from_numpy(chunk), self._books_t, out=torch.from_numpy(out))
+
+    def _search(self, chunk: np.ndarray, products: np.ndarray, width: int, mode: int) -> np.ndarray:
+        import faiss
+
+        ptr = faiss.swig_ptr
+        n, total = chunk.shape[0], self._m * self._k
+        distances = np.einsum("nD,nD->n", chunk, chunk).astype(np.float32)  # ||y - 0||^2, beam of 1
+        codes = np.zeros((n, 1, 0), dtype=np.int32)
+        flat_products = products.ravel()
+        for m in range(self._m):
+            beams = codes.shape[1]
+            # the last stage only needs the best candidate: same code, an argmin instead of a top-k
+            kept = 1 if m == self._m - 1 else min(beams * self._k, width)
+            new_codes = np.empty((n, kept, m + 1), dtype=np.int32)
+            new_distances = np.empty((n, kept), dtype=np.float32)
+            offset = m * self._k
+            faiss.beam_search_encode_step_tab(
+                self._k, n, beams,
+                ptr(self._cross[offset:]), total, ptr(self._offsets),
+                ptr(flat_products[offset:]), total, ptr(self._norms[offset:]),
+                m, ptr(codes), ptr(distances), kept, ptr(new_codes), ptr(new_distances),
+                mode if kept > 1 else faiss.EXACT_TOPK,
+            )
+            codes, distances = new_codes, new_distances
+        return codes[:, 0, :]

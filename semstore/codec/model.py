@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from semstore.codec.config import CodecConfig
-from semstore.codec.lut_search import LutBeamSearch
+from semstore.codec.lut_search import LutBeamSearch, native_bfloat16
 from semstore.codec.quantizer import beam_encode, plain_search, stage_codebooks
 from semstore.codec.training import FitReport, train_shared_codebook
 
@@ -184,12 +184,14 @@ class PQVAECodec:
         return self
 
     # -- coding --------------------------------------------------------------------------
-    def encode(self, X: Any, *, beam_size: int | None = None, exact_topk: bool = False) -> np.ndarray:
+    def encode(self, X: Any, *, beam_size: int | None = None, exact: bool = False) -> np.ndarray:
         """Codes (n, num_subvectors), uint8 when codebook_size <= 256 else uint16.
 
-        ``beam_size`` overrides the configured beam; ``exact_topk=True`` keeps each beam
-        stage's best candidates exactly instead of by FAISS's approximate top-k (slower;
-        training always encodes exactly, so a fitted codec does not depend on this).
+        ``beam_size`` overrides the configured beam. By default the search takes two measured
+        shortcuts (:mod:`~semstore.codec.lut_search`): FAISS's approximate top-k for each
+        stage's survivors, and bfloat16 inputs to the vector-codeword products where the CPU
+        multiplies bfloat16 natively. ``exact=True`` runs the exact beam search that training
+        runs (exact top-k, float32 products): slower, and the same codes on every machine.
         """
         params = self._require()
         data = _as_matrix("X", X, self.dim)
@@ -200,7 +202,8 @@ class PQVAECodec:
             directions=self._directions(data, params["inverse_transform"]),
             parallel_weight=self.config.parallel_weight,
             lut=self._lut_search(),
-            exact_topk=exact_topk,
+            exact_topk=exact,
+            bfloat16_products=not exact and native_bfloat16(),
         )
         return codes.astype(self.code_dtype)
 

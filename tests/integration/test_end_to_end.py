@@ -157,6 +157,6 @@ def test_codec_beam_setting_reaches_new_codecs(tmp_path: Path, settings: Setting
     fast = settings.model_copy(update={"codec_beam_size": 4})
     db = semstore.connect(f"sqlite:///{tmp_path / 'beam.db'}", settings=fast)
     assert db.new_codec(32).config.beam_size == 4
-    assert semstore.connect(f"sqlite:///{tmp_path / 'default.db'}", settings=settings).new_codec(32).config.beam_size == 16
+    assert semstore.connect(f"sqlite:///{tmp_path / 'default.db'}", settings=settings).new_codec(32).config.beam_size == 12
     with pytest.raises(ValueError):
         Settings(codec_beam_size=0)

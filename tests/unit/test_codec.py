@@ -261,23 +261,62 @@ def test_refinement_stops_once_the_held_out_error_stops_falling() -> None:
         PQVAECodec(dim=8, patience=0)
 
 
+def _mean_error(codec: PQVAECodec, vectors: np.ndarray, codes: np.ndarray) -> float:
+    return float(np.mean(np.sum((vectors - codec.decode(codes, normalize=False)) ** 2, axis=1)))
+
+
 def test_approximate_top_k_encodes_almost_as_well_as_exact_beam_search() -> None:
+    from semstore.codec.quantizer import beam_encode
+
     data = clustered(1500, 32, seed=11)
     codec = PQVAECodec(dim=32, num_subvectors=8, codebook_size=64, iterations=1, beam_size=16).fit(
         data[:1000], progress=False
     )
     test = data[1000:]
-    fast, exact = codec.encode(test), codec.encode(test, exact_topk=True)
-
-    def mean_error(codes: np.ndarray) -> float:
-        centred = test - codec.mean
-        return float(np.mean(np.sum((centred - (codec.decode(codes, normalize=False) - codec.mean)) ** 2, axis=1)))
-
+    params = codec._require()
+    targets = test - codec.mean
+    exact = codec.encode(test, exact=True)
+    approximate = beam_encode(targets, params["codebook"], params["blocks"], 16, exact_topk=False).astype(np.uint8)
     # approximate survivors change a few codes, never the quality of the codes as a whole
-    assert (fast == exact).all(axis=1).mean() > 0.8
-    assert mean_error(fast) <= 1.01 * mean_error(exact)
+    assert (approximate == exact).all(axis=1).mean() > 0.8
+    assert _mean_error(codec, test, approximate) <= 1.01 * _mean_error(codec, test, exact)
     # greedy encoding is exact either way
-    assert np.array_equal(codec.encode(test, beam_size=1), codec.encode(test, beam_size=1, exact_topk=True))
+    greedy = beam_encode(targets, params["codebook"], params["blocks"], 1, exact_topk=False)
+    assert np.array_equal(greedy, codec.encode(test, beam_size=1, exact=True))
+
+
+def test_bfloat16_products_change_few_codes_and_not_their_quality() -> None:
+    # forced on, whatever this CPU supports, so that the path is tested on every machine
+    from semstore.codec.lut_search import LutBeamSearch
+
+    data = clustered(1500, 48, seed=12)
+    codec = PQVAECodec(dim=48, num_subvectors=8, codebook_size=64, iterations=1, beam_size=8).fit(
+        data[:1000], progress=False
+    )
+    test = data[1000:]
+    search = LutBeamSearch(codec._stage_books())
+    targets = test - codec.mean
+    exact = search.encode(targets, 8)
+    rounded = search.encode(targets, 8, bfloat16_products=True)
+    assert np.array_equal(exact, codec.encode(test, exact=True))
+    assert (rounded == exact).all(axis=1).mean() > 0.5
+    assert _mean_error(codec, test, rounded) <= 1.01 * _mean_error(codec, test, exact)
+
+
+def test_lut_search_matches_numpy_beam_search_to_the_last_stage() -> None:
+    # FAISS's step kernel with an argmin at the last stage against the numpy reference search
+    from semstore.codec.lut_search import LutBeamSearch
+    from semstore.codec.quantizer import _beam_chunk, _StageProducts, stage_codebooks
+
+    rng = np.random.default_rng(3)
+    codebook = rng.standard_normal((16, 6)).astype(np.float32)
+    blocks = rng.standard_normal((5, 20, 6)).astype(np.float32) * np.linspace(1.0, 0.2, 5)[:, None, None].astype(np.float32)
+    books = stage_codebooks(codebook, blocks)
+    targets = rng.standard_normal((300, 20)).astype(np.float32) * 2.0
+    norms = np.einsum("mkD,mkD->mk", books, books)
+    for beam in (1, 3, 16, 40):
+        reference = _beam_chunk(targets, None, _StageProducts(books, codebook, blocks), books, norms, beam, 1.0)
+        np.testing.assert_array_equal(LutBeamSearch(books).encode(targets, beam), reference)
 
 
 def test_query_parts_are_the_transform_and_offset_in_one_product() -> None:
@@ -308,4 +347,4 @@ def test_encode_searches_the_weighted_working_space(weighting: float) -> None:
     assert np.array_equal(params["transform"], np.eye(24, dtype=np.float32)) == (weighting == 0.0)
     targets = (data[500:] - params["mean"]) @ params["transform"]
     expected = beam_encode(targets, params["codebook"], params["blocks"], codec.config.beam_size, exact_topk=True)
-    np.testing.assert_array_equal(codec.encode(data[500:], exact_topk=True), expected)
+    np.testing.assert_array_equal(codec.encode(data[500:], exact=True), expected)
