@@ -19,11 +19,13 @@ class CodecConfig:
     each vector becomes M integers in ``[0, K)``, i.e. ``M * log2(K)`` bits.
     ``subvector_dim`` (d) is the width of the shared codebook's codewords; it is the rank
     shared by the M decoder blocks (see :mod:`semstore.codec.model`).
-    ``beam_size`` is the beam of the residual search that encodes. 16 is the quality default:
-    on MiniLM at 128 bits its codes scored 0.654 / 0.332 / 0.653 (10-recall@10, paired R@1,
-    R@10) against 0.653 / 0.329 / 0.645 at beam 8 and 0.649 / 0.317 / 0.644 at beam 4, and
-    encoded 15.5k vectors/s on 2 cores against 22.0k and 30.0k (bench/RESULTS.md,
-    ``bench/encode_speed.py``). ``train_beam_size`` is the beam used while training.
+    ``beam_size`` is the beam of the residual search that encodes. 12 is the default: on
+    MiniLM at 128 bits its codes scored 0.655 / 0.332 / 0.650 (10-recall@10, paired R@1, R@10;
+    FAISS RQ at beam 16: 0.653 / 0.329 / 0.638) and encoded 27.5k vectors/s on 2 cores. Beam
+    16 gave the same metrics to within noise (0.655 / 0.328 / 0.651; relative squared error
+    0.2885 against 0.2900) at 23.9k/s, beam 8 0.653 / 0.332 / 0.646 at 35.3k/s
+    (bench/RESULTS.md, ``bench/encode_speed.py``; AMD EPYC with native bfloat16).
+    ``train_beam_size`` is the beam used while training.
     Training defaults (beam 8, 25 k-means iterations per stage, 12 refinement iterations)
     were chosen on the full MiniLM split at 128 bits: against the earlier 4 / 16 / 8 they
     moved 10-recall@10, paired R@1 and R@10 from 0.652 / 0.321 / 0.645 to 0.654 / 0.332 /
