@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -348,3 +350,15 @@ def test_encode_searches_the_weighted_working_space(weighting: float) -> None:
     targets = (data[500:] - params["mean"]) @ params["transform"]
     expected = beam_encode(targets, params["codebook"], params["blocks"], codec.config.beam_size, exact_topk=True)
     np.testing.assert_array_equal(codec.encode(data[500:], exact=True), expected)
+
+
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path: Path) -> None:
+    from semstore.codec.lut_search import native_bfloat16
+
+    with_bf16 = tmp_path / "bf16"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    without = tmp_path / "plain"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert native_bfloat16(str(with_bf16)) is True
+    assert native_bfloat16(str(without)) is False
+    assert native_bfloat16(str(tmp_path / "missing")) is False
