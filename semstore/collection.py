@@ -201,9 +201,20 @@ class Collection:
                 raise
             finally:
                 self._sync_after_write(save=True)
-            unused = {self._upload_path(failure.source) for failure in report.failed}
-            _unlink_all([path for path in created if path in unused])
+            _unlink_all(self._unreferenced_uploads(created, report))
             return report
+
+    def _unreferenced_uploads(self, created: list[Path], report: IngestReport) -> list[Path]:
+        """The kept originals this ingest wrote that no item refers to: those of failed images,
+        and of duplicates skipped because an item stored under another URI (e.g. an upload
+        named by the longer hash used before schema 0002) already holds the same content."""
+        referenced = {self._upload_path(uri) for uri, _ in report.added_items}
+        unsure = [path for path in created if path not in referenced]
+        if unsure:
+            with self._db.sessions() as session:
+                uris = storage.source_uris_by_hash(session, collection_id=self.id, hashes={p.stem for p in unsure})
+            referenced |= {self._upload_path(uri) for uri in uris}
+        return [path for path in created if path not in referenced]
 
     def delete(self, ids: Sequence[int]) -> int:
         """Delete items by id (and the kept originals of uploaded ones); returns how many existed."""

@@ -247,16 +247,21 @@ def existing_hashes(session: Session, *, collection_id: int, hashes: Iterable[st
 
     Raises ``ValueError`` when one is not a content hash (32 lowercase hex characters).
     """
+    return _values_by_hash(session, Item.content_hash, collection_id=collection_id, hashes=hashes)
+
+
+def source_uris_by_hash(session: Session, *, collection_id: int, hashes: Iterable[str]) -> set[str]:
+    """The source URIs of the collection's items whose content hash is one of ``hashes``."""
+    return _values_by_hash(session, Item.source_uri, collection_id=collection_id, hashes=hashes)
+
+
+def _values_by_hash(session: Session, column: Any, *, collection_id: int, hashes: Iterable[str]) -> set[Any]:
     wanted = list(dict.fromkeys(hashes))
     for digest in wanted:
         digest_bytes(digest)
-    found: set[str] = set()
+    found: set[Any] = set()
     for chunk in _chunks(wanted):
-        found.update(
-            session.scalars(
-                select(Item.content_hash).where(Item.collection_id == collection_id, Item.content_hash.in_(chunk))
-            )
-        )
+        found.update(session.scalars(select(column).where(Item.collection_id == collection_id, Item.content_hash.in_(chunk))))
     return found
 
 
