@@ -81,15 +81,17 @@ class LutBeamSearch:
         self._books_t_bf16 = self._books_t.to(torch.bfloat16)
         # <B[m', k'], B[m, k]> for every pair of codewords; each stage reads the columns of its
         # own codebook in the rows of the earlier stages' chosen codewords
-        self._cross = np.ascontiguousarray(flat @ flat.T, dtype=np.float32).ravel()
+        self._cross = torch.mm(self._books_t.T, self._books_t).numpy().ravel()
         self._norms = np.einsum("kD,kD->k", flat, flat).astype(np.float32)
         self._offsets = np.arange(m_count, dtype=np.uint64) * np.uint64(k_count)
 
     @staticmethod
     def applies(num_subvectors: int, codebook_size: int) -> bool:
-        """K a power of two up to 256 (FAISS's code layout) and a cross-product table that fits."""
-        power_of_two = codebook_size >= 2 and codebook_size & (codebook_size - 1) == 0
-        return power_of_two and codebook_size <= 256 and 4 * (num_subvectors * codebook_size) ** 2 <= MAX_TABLE_BYTES
+        """Whether the cross-product table fits (any K: the step kernel takes any codebook size).
+
+        That is M*K <= 8192: K=256 up to M=32, K=1024 up to M=8. Beyond, the numpy search runs.
+        """
+        return codebook_size >= 2 and 4 * (num_subvectors * codebook_size) ** 2 <= MAX_TABLE_BYTES
 
     def encode(
         self, targets: np.ndarray, beam_size: int, *, exact_topk: bool = True, bfloat16_products: bool = False

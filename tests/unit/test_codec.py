@@ -311,14 +311,17 @@ def test_lut_search_matches_numpy_beam_search_to_the_last_stage() -> None:
     from semstore.codec.quantizer import _beam_chunk, _StageProducts, stage_codebooks
 
     rng = np.random.default_rng(3)
-    codebook = rng.standard_normal((16, 6)).astype(np.float32)
-    blocks = rng.standard_normal((5, 20, 6)).astype(np.float32) * np.linspace(1.0, 0.2, 5)[:, None, None].astype(np.float32)
-    books = stage_codebooks(codebook, blocks)
-    targets = rng.standard_normal((300, 20)).astype(np.float32) * 2.0
-    norms = np.einsum("mkD,mkD->mk", books, books)
-    for beam in (1, 3, 16, 40):
-        reference = _beam_chunk(targets, None, _StageProducts(books, codebook, blocks), books, norms, beam, 1.0)
-        np.testing.assert_array_equal(LutBeamSearch(books).encode(targets, beam), reference)
+    for k_count in (16, 100, 512):  # any codebook size, not only powers of two up to 256
+        codebook = rng.standard_normal((k_count, 6)).astype(np.float32)
+        blocks = rng.standard_normal((5, 20, 6)).astype(np.float32) * np.linspace(1.0, 0.2, 5)[:, None, None].astype(np.float32)
+        books = stage_codebooks(codebook, blocks)
+        targets = rng.standard_normal((300, 20)).astype(np.float32) * 2.0
+        norms = np.einsum("mkD,mkD->mk", books, books)
+        assert LutBeamSearch.applies(5, k_count)
+        for beam in (1, 3, 16, 40):
+            reference = _beam_chunk(targets, None, _StageProducts(books, codebook, blocks), books, norms, beam, 1.0)
+            np.testing.assert_array_equal(LutBeamSearch(books).encode(targets, beam), reference)
+    assert not LutBeamSearch.applies(16, 1024)  # a 1 GB table: the numpy search runs instead
 
 
 def test_query_parts_are_the_transform_and_offset_in_one_product() -> None:
