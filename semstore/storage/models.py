@@ -15,7 +15,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -29,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from semstore.storage.types import HexDigest, UnixTime, utc_now
+from semstore.storage.types import HexDigest, UnixTime, UTCDateTime, utc_now
 
 # Named constraints make Alembic batch operations on SQLite (which recreate tables) reliable.
 NAMING_CONVENTION = {
@@ -67,7 +66,7 @@ class Codec(Base):
     content_hash: Mapped[str] = mapped_column(String(128), unique=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSONType)
     weights: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=NOW)
 
     def __repr__(self) -> str:
         return f"Codec(id={self.id!r}, content_hash={self.content_hash!r})"
@@ -86,7 +85,7 @@ class Collection(Base):
     codec_id: Mapped[int | None] = mapped_column(ForeignKey("codecs.id"), nullable=True)
     # Bumped on every item add/delete/metadata change so replicas can detect a stale index.
     revision: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=NOW)
 
     def __repr__(self) -> str:
         return f"Collection(id={self.id!r}, name={self.name!r}, revision={self.revision!r})"
@@ -130,9 +129,9 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
     scope: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=NOW)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     def __repr__(self) -> str:
         return f"ApiKey(id={self.id!r}, name={self.name!r}, scope={self.scope!r})"

@@ -5,6 +5,8 @@
 * :class:`UnixTime`: a timezone-aware UTC :class:`~datetime.datetime` in Python, stored as
   integer Unix seconds on SQLite (4-6 bytes instead of 19-26 characters of text) and as
   ``timestamptz`` (8 bytes) on PostgreSQL.
+* :class:`UTCDateTime`: the same aware UTC datetime in Python over the database's own
+  date-time column, for the tables with few rows (collections, codecs, API keys).
 """
 
 from __future__ import annotations
@@ -82,6 +84,29 @@ class UnixTime(TypeDecorator[datetime]):
         if dialect.name == "sqlite":
             return datetime.fromtimestamp(int(value), UTC)
         return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A UTC timestamp stored as the database's own date-time type (text on SQLite).
+
+    SQLite keeps no time zone, so SQLAlchemy reads its values back naive while PostgreSQL's
+    ``timestamptz`` reads back aware; this type hands back an aware UTC datetime from both
+    (values are stored in UTC: ``CURRENT_TIMESTAMP`` is, and aware values are converted).
+    The column's DDL is unchanged, so no migration is involved.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class utc_now(FunctionElement[datetime]):  # noqa: N801 - named like the SQL functions it stands for

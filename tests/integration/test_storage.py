@@ -581,3 +581,26 @@ def test_scope_check_constraint_in_database(db_sessions: sessionmaker[Session]) 
             session.execute(sa.text("INSERT INTO api_keys (name, key_hash, scope) VALUES ('x', 'y', 'admin')"))
     with db_sessions() as session:
         assert list_api_keys(session) == []
+
+
+def test_every_timestamp_reads_back_as_aware_utc(db_sessions: sessionmaker[Session]) -> None:
+    # server defaults (collection, codec) and Python-side "now" (key use, revocation) alike,
+    # so that SQLite and PostgreSQL hand back the same kind of value
+    before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    with transaction(db_sessions) as session:
+        create_collection(session, name="stamped", model="m", pretrained=None, dim=4)
+        save_codec(session, content_hash="stamp", config={}, weights=b"")
+        key = create_api_key(session, name="stamper", key_hash="hash-s", scope="read")
+        touch_api_key(session, key_id=key.id)
+        revoke_api_key(session, name="stamper")
+    after = datetime.now(UTC) + timedelta(seconds=1)
+    with db_sessions() as session:
+        (key,) = [k for k in list_api_keys(session) if k.name == "stamper"]
+        stamps = [
+            get_collection(session, name="stamped").created_at,
+            get_codec(session, content_hash="stamp").created_at,
+            key.created_at, key.last_used_at, key.revoked_at,
+        ]
+    for stamp in stamps:
+        assert stamp is not None and stamp.utcoffset() == timedelta(0), stamp
+        assert before <= stamp <= after
