@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,12 +79,18 @@ class LutBeamSearch:
         flat = np.ascontiguousarray(stage_books.reshape(m_count * k_count, dim), dtype=np.float32)
         self._m, self._k = m_count, k_count
         self._books_t = torch.from_numpy(np.ascontiguousarray(flat.T))
-        self._books_t_bf16 = self._books_t.to(torch.bfloat16)
         # <B[m', k'], B[m, k]> for every pair of codewords; each stage reads the columns of its
         # own codebook in the rows of the earlier stages' chosen codewords
         self._cross = torch.mm(self._books_t.T, self._books_t).numpy().ravel()
         self._norms = np.einsum("kD,kD->k", flat, flat).astype(np.float32)
         self._offsets = np.arange(m_count, dtype=np.uint64) * np.uint64(k_count)
+
+    @functools.cached_property
+    def _books_t_bf16(self) -> Any:
+        """The codebooks in bfloat16, built on first use (training never asks for them)."""
+        import torch
+
+        return self._books_t.to(torch.bfloat16)
 
     @staticmethod
     def applies(num_subvectors: int, codebook_size: int) -> bool:

@@ -83,7 +83,7 @@ class UnixTime(TypeDecorator[datetime]):
             return None
         if dialect.name == "sqlite":
             return datetime.fromtimestamp(int(value), UTC)
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return _as_utc(value)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -104,9 +104,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return None if value is None else _as_utc(value)
+
+
+def _as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime; a naive one is taken as UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class utc_now(FunctionElement[datetime]):  # noqa: N801 - named like the SQL functions it stands for
