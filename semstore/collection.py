@@ -6,24 +6,27 @@ the CLI and the HTTP server call exactly these methods.
 
 from __future__ import annotations
 
+import logging
 import os
-import re
-import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from semstore import storage
 from semstore.codec import PQVAECodec
+from semstore.files import is_inside, read_regular_file
 from semstore.index import ADCIndex, IndexVersion
-from semstore.ingest.images import IMAGE_EXTENSIONS, content_hash, open_image
+from semstore.ingest.images import content_hash, open_image
 from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
+from semstore.names import UnsafePathError
 from semstore.replica import catch_up
 from semstore.search import Classification, SearchHit, classify_codes, hits_from_rows
+from semstore.uploads import UPLOAD_SCHEME, UploadStore, discard, upload_uri
+from semstore.validation import check_filter, check_metadata
 
 if TYPE_CHECKING:
     from semstore.database import Database
@@ -39,16 +42,21 @@ class QueryError(ValueError):
 
 
 class SourceUnavailableError(LookupError):
-    """An item's original image cannot be read (not a local file, missing, or changed since ingest)."""
+    """An item's original image cannot be read.
+
+    The message is the same whatever the cause (so it never tells which files exist);
+    ``reason`` says what went wrong, for logs.
+    """
+
+    def __init__(self, item_id: int, reason: str) -> None:
+        super().__init__(f"the original image of item {item_id} is unavailable")
+        self.item_id = item_id
+        self.reason = reason
 
 
-#: Scheme of the source URIs of images added as bytes: ``upload://<content hash>/<file name>``.
-UPLOAD_SCHEME = "upload://"
+__all__ = ["Collection", "CollectionStats", "QueryError", "SourceUnavailableError", "UPLOAD_SCHEME", "upload_uri"]
 
-# 32 hex: content_hash() since schema 0002; 64 hex: the full SHA-256 in URIs stored before it.
-_UPLOAD_URI = re.compile(r"^upload://([0-9a-f]{32}|[0-9a-f]{64})/(.*)$", re.DOTALL)
-_UNSAFE_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_MAX_NAME_CHARS = 200
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,10 @@ class Collection:
 
         With ``ray`` (see :class:`semstore.distributed.RayIngestOptions`) the work runs on a
         Ray cluster instead of this process. Returns an :class:`IngestReport` with counts
-        added / skipped and failures with reasons.
+        added / skipped and failures with reasons. Raises ``InvalidMetadataError`` (a
+        ``ValueError``) for metadata that cannot be stored, before reading any file.
         """
+        metadata = check_metadata(metadata) if metadata is not None else None
         with self._lock:
             if ray is not None:
                 from semstore.distributed import ray_ingest
@@ -179,42 +189,59 @@ class Collection:
         """Ingest images given as ``(file name, bytes)`` pairs (e.g. HTTP uploads).
 
         They go through the same pipeline as files; each is stored with the source URI
-        ``upload://<content hash>/<file name>`` (see :func:`upload_uri`). With ``keep_originals``
+        ``upload://<content hash>/<file name>`` (see :func:`semstore.uploads.upload_uri`: the
+        file name is cleaned of folders, control and bidi characters). With ``keep_originals``
         the bytes of every stored image are kept in the collection's upload folder
         (``settings.upload_directory(name)``) so that :meth:`source_bytes` can read them.
         """
+        metadata = check_metadata(metadata) if metadata is not None else None
         sources = [BytesSource(upload_uri(name, data), bytes(data)) for name, data in images]
-        with self._lock:
-            created: list[Path] = []
-            if keep_originals:
-                for source in sources:
-                    path = self._upload_path(source.uri)
-                    if path is not None and not path.exists():
-                        _write_atomically(path, source.data)
-                        created.append(path)
+        uploads = self.uploads
+        with self._lock, uploads.writing():
+            created = uploads.keep((source.uri, source.data) for source in sources) if keep_originals else []
             index = self.index
             pipeline = self._pipeline(index)
             try:
                 report = pipeline.run_bytes(sources, metadata=metadata, progress=False)
             except BaseException:
-                _unlink_all(created)
+                discard(created)
                 raise
             finally:
                 self._sync_after_write(save=True)
-            _unlink_all(self._unreferenced_uploads(created, report))
+            discard(self._unreferenced_uploads(created, report))
             return report
 
     def _unreferenced_uploads(self, created: list[Path], report: IngestReport) -> list[Path]:
         """The kept originals this ingest wrote that no item refers to: those of failed images,
         and of duplicates skipped because an item stored under another URI (e.g. an upload
         named by the longer hash used before schema 0002) already holds the same content."""
-        referenced = {self._upload_path(uri) for uri, _ in report.added_items}
+        uploads = self.uploads
+        referenced = {uploads.path_for(uri) for uri, _ in report.added_items}
         unsure = [path for path in created if path not in referenced]
         if unsure:
-            with self._db.sessions() as session:
-                uris = storage.source_uris_by_hash(session, collection_id=self.id, hashes={p.stem for p in unsure})
-            referenced |= {self._upload_path(uri) for uri in uris}
+            referenced |= {uploads.path_for(uri) for uri in self._uris_by_hash({p.stem for p in unsure})}
         return [path for path in created if path not in referenced]
+
+    def _uris_by_hash(self, hashes: set[str]) -> set[str]:
+        with self._db.sessions() as session:
+            return storage.source_uris_by_hash(session, collection_id=self.id, hashes=hashes)
+
+    def clean_uploads(self) -> int | None:
+        """Delete kept originals that no item refers to, and temp files of interrupted writes.
+
+        Such files remain only after a crash between writing an original and committing its
+        item. Returns how many files were removed, or None when a writer (of any process)
+        was busy with the folder, in which case nothing was touched.
+        """
+        return self.uploads.clean(self._uris_by_hash)
+
+    @property
+    def uploads(self) -> UploadStore:
+        """The folder of this collection's kept upload originals."""
+        try:
+            return UploadStore(self._db.settings.upload_directory(self.name))
+        except UnsafePathError:
+            return UploadStore(None)
 
     def delete(self, ids: Sequence[int]) -> int:
         """Delete items by id (and the kept originals of uploaded ones); returns how many existed."""
@@ -226,11 +253,17 @@ class Collection:
             if self._index is not None:
                 self._index.remove(np.asarray(wanted, dtype=np.int64))
             self._sync_after_write(save=False)
-            _unlink_all([path for path in map(self._upload_path, uris) if path is not None])
+            uploads = self.uploads
+            discard([path for path in map(uploads.path_for, uris) if path is not None])
         return removed
 
     def update_metadata(self, item_id: int, metadata: Mapping[str, Any], *, replace: bool = False) -> dict[str, Any]:
-        """Merge (or with ``replace=True`` replace) an item's metadata; returns the new metadata."""
+        """Merge (or with ``replace=True`` replace) an item's metadata; returns the new metadata.
+
+        Raises ``InvalidMetadataError`` (nothing is written) when the metadata, or the merged
+        result, cannot be stored.
+        """
+        metadata = check_metadata(metadata)
         with storage.transaction(self._db.sessions) as session:
             item = storage.update_item_metadata(
                 session, collection_id=self.id, item_id=item_id, metadata=dict(metadata), replace=replace
@@ -244,29 +277,44 @@ class Collection:
             item = storage.get_item(session, collection_id=self.id, item_id=item_id)
             return hits_from_rows([item], [float("nan")])[0]
 
-    def source_bytes(self, item_id: int, *, max_bytes: int | None = None) -> bytes:
+    def source_bytes(
+        self, item_id: int, *, max_bytes: int | None = None, allowed_roots: Sequence[str | os.PathLike[str]] | None = None
+    ) -> bytes:
         """The original image bytes of an item, checked against the content hash stored at ingest.
 
-        Only the item's own source is read: its file path, or the kept original of an
-        upload. Raises :class:`SourceUnavailableError` when that source is not a local
-        file, is missing, is larger than ``max_bytes``, or no longer has the same content.
+        Only the item's own source is read: the kept original of an upload, or its file
+        path, which with ``allowed_roots`` must resolve inside one of those folders. Only
+        regular files are read, and at most ``max_bytes`` bytes. Raises
+        :class:`SourceUnavailableError`, with one message whatever the cause (no local
+        source, outside the roots, missing, not a regular file, too large, changed since
+        ingest), so a caller learns nothing about other files.
         """
         with self._db.sessions() as session:
             item = storage.get_item(session, collection_id=self.id, item_id=item_id)
             uri, expected = item.source_uri, item.content_hash
-        path = self._upload_path(uri) if uri.startswith(UPLOAD_SCHEME) else Path(uri)
-        if path is None or not path.is_absolute():
-            raise SourceUnavailableError(f"item {item_id} has no readable source ({uri!r})")
         try:
-            with path.open("rb") as handle:
-                data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
-        except OSError as exc:
-            raise SourceUnavailableError(f"the source of item {item_id} cannot be read: {exc.strerror or exc}") from exc
-        if max_bytes is not None and len(data) > max_bytes:
-            raise SourceUnavailableError(f"the source of item {item_id} is larger than {max_bytes} bytes")
+            path = self._source_path(uri, allowed_roots)
+            data = read_regular_file(path, max_bytes=max_bytes)
+        except (OSError, ValueError) as exc:
+            logger.debug("item %s: source %r unavailable: %s", item_id, uri, exc)
+            raise SourceUnavailableError(item_id, str(exc)) from None
         if content_hash(data) != expected:
-            raise SourceUnavailableError(f"the source of item {item_id} changed since it was ingested")
+            raise SourceUnavailableError(item_id, "the file changed since it was ingested")
         return data
+
+    def _source_path(self, uri: str, allowed_roots: Sequence[str | os.PathLike[str]] | None) -> str:
+        """The resolved file to read for a source URI; ValueError when there is none to read."""
+        if uri.startswith(UPLOAD_SCHEME):
+            path = self.uploads.path_for(uri)
+            if path is None:
+                raise ValueError("not a kept upload")
+            return os.path.realpath(path)
+        if "\x00" in uri or not os.path.isabs(uri):
+            raise ValueError("not an absolute local path")
+        resolved = os.path.realpath(uri)
+        if allowed_roots is not None and not is_inside(resolved, allowed_roots):
+            raise ValueError("outside the allowed source roots")
+        return resolved
 
     def codes(self, item_id: int) -> np.ndarray:
         """The stored codes of one item, shape (num_subvectors,)."""
@@ -309,7 +357,14 @@ class Collection:
             return self.encoder.encode_texts([text])
         if image is not None:
             source = Path(image).expanduser() if isinstance(image, str | Path) else image
-            return self.encoder.encode_images([open_image(source, max_pixels=self._db.settings.max_image_pixels)])
+            encoder = self.encoder
+            decoded = open_image(
+                source,
+                max_pixels=self._db.settings.max_image_pixels,
+                min_edge=encoder.image_edge,
+                budget=self._db.pixel_budget,
+            )
+            return encoder.encode_images([decoded])
         assert item is not None
         return self._require_codec().decode(self.codes(item)[None, :])
 
@@ -328,8 +383,9 @@ class Collection:
             return []
         allowed = None
         if where:
+            checked = check_filter(where, max_keys=self._db.settings.max_filter_keys)
             with self._db.sessions() as session:
-                allowed = storage.filter_item_ids(session, collection_id=self.id, where=dict(where))
+                allowed = storage.filter_item_ids(session, collection_id=self.id, where=checked)
             if allowed.size == 0:
                 return []
         scores, ids = index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k, rerank=rerank, allowed_ids=allowed)
@@ -398,19 +454,10 @@ class Collection:
             batch_size=settings.batch_size,
             bootstrap_size=settings.codec_bootstrap_size,
             max_pixels=settings.max_image_pixels,
+            pixel_budget=self._db.pixel_budget,
             on_items_added=self._index_added if index is not None else None,
             on_codec_trained=self._codec_trained,
         )
-
-    def _upload_path(self, uri: str) -> Path | None:
-        """Where the kept original of an ``upload://`` URI lives (None for other URIs)."""
-        match = _UPLOAD_URI.match(uri)
-        if match is None:
-            return None
-        digest, name = match.groups()
-        suffix = PurePosixPath(name).suffix.lower()
-        suffix = suffix if suffix in IMAGE_EXTENSIONS else ""
-        return self._db.settings.upload_directory(self.name) / f"{digest}{suffix}"
 
     def _require_codec(self) -> PQVAECodec:
         codec = self.codec
@@ -457,31 +504,3 @@ class Collection:
             current = self.index
             if current is not None:
                 current.save(self._db.index_directory(self), self._index_version)
-
-
-def upload_uri(name: str, data: bytes) -> str:
-    """The source URI of an image added as bytes: ``upload://<content_hash(data)>/<base name>``.
-
-    Only the last component of ``name`` is kept (no client path), without control
-    characters and cut to 200 characters; an empty name becomes ``image``.
-    """
-    base = PurePosixPath(name.replace("\\", "/")).name
-    base = _UNSAFE_NAME_CHARS.sub("", base)[:_MAX_NAME_CHARS] or "image"
-    return f"{UPLOAD_SCHEME}{content_hash(data)}/{base}"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _unlink_all(paths: Iterable[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)

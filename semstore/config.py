@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from semstore.names import child_folder
+
 
 def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "semstore"
@@ -44,6 +46,15 @@ class Settings(BaseSettings):
     )
 
     max_image_pixels: int = Field(default=89_478_485, ge=1, description="Images above this many pixels are rejected (decompression bombs).")
+    max_decode_pixels: int = Field(
+        default=2 * 89_478_485,
+        ge=1,
+        description=(
+            "Pixels the process decodes at full size at once, over all threads (a larger image waits for the "
+            "others). JPEGs decode at a reduced scale when the model needs fewer pixels, which counts less."
+        ),
+    )
+    max_loaded_encoders: int = Field(default=2, ge=1, description="Encoders (CLIP models) kept loaded; the least recently used is released.")
 
     # -- HTTP server -------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface the HTTP server listens on.")
@@ -52,13 +63,45 @@ class Settings(BaseSettings):
         default=False,
         description="Serve without API keys (local use only: refused unless the host is a loopback address).",
     )
-    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest accepted request body (413 above).")
+    max_upload_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1,
+        description="Largest body of an image upload or image search (413 above); also the most bytes read of a stored original.",
+    )
+    max_import_bytes: int = Field(default=1024 * 1024 * 1024, ge=1, description="Largest collection archive POST /v1/collections/import accepts.")
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1, description="Largest body of every other request (JSON).")
     max_images_per_request: int = Field(default=64, ge=1, description="Most images in one upload request.")
+    max_request_pixels: int = Field(
+        default=512_000_000, ge=1,
+        description="Most pixels (as decoded, see max_decode_pixels) the images of one upload request may hold together (413 above).",
+    )
+    max_filter_keys: int = Field(default=32, ge=1, description="Most keys a metadata filter (where) may have.")
+    header_timeout_seconds: float = Field(default=10.0, gt=0, description="A client must send a request's headers within this time.")
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A client must send each part of a request body within this time of the previous one."
+    )
+    auth_failures_per_minute: int = Field(
+        default=30, ge=0, description="Requests with a missing, malformed or unknown key allowed per client address a minute (0: unlimited)."
+    )
+    allowed_models: list[str] = Field(
+        default_factory=list,
+        description=(
+            "open_clip models clients may create collections with, as 'model' or 'model/pretrained-tag'; "
+            "the default model is always allowed."
+        ),
+    )
+    allow_test_model: bool = Field(default=False, description="Let clients create collections with the tiny non-semantic test model.")
     max_page_size: int = Field(default=1000, ge=1, description="Largest k / page size a request may ask for.")
     rate_limit_per_minute: int = Field(default=600, ge=0, description="Requests per minute per API key (0: unlimited).")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (none by default).")
     allowed_ingest_roots: list[Path] = Field(
         default_factory=list, description="Folders whose images the server may ingest by path (none by default)."
+    )
+    source_roots: list[Path] = Field(
+        default_factory=list,
+        description=(
+            "Folders the server may read stored items' original files from (thumbnails), besides its own "
+            "uploads and allowed_ingest_roots; e.g. the folders ingested with the CLI."
+        ),
     )
     inference_concurrency: int = Field(default=2, ge=1, description="Encoder/ingest jobs the server runs at once.")
     index_poll_seconds: float = Field(
@@ -72,8 +115,16 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.data_dir.expanduser() / 'semstore.db'}"
 
     def upload_directory(self, collection: str) -> Path:
-        """Where the server keeps the uploaded originals of a collection (for thumbnails)."""
-        return self.data_dir.expanduser() / "uploads" / collection
+        """Where the kept originals of a collection's uploads live (for thumbnails).
+
+        Raises :class:`semstore.names.UnsafePathError` for a name that is no safe folder
+        name (``..``, ``a/b``: possible only for collections stored before names were checked).
+        """
+        return child_folder(self.data_dir.expanduser() / "uploads", collection)
+
+    def readable_source_roots(self) -> list[Path]:
+        """Folders whose files the server may read as item originals (ingest roots and source roots)."""
+        return [*self.allowed_ingest_roots, *self.source_roots]
 
 
 def get_settings(**overrides: object) -> Settings:

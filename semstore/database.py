@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,15 +15,21 @@ from semstore.codec import PQVAECodec
 from semstore.collection import Collection
 from semstore.config import Settings, get_settings
 from semstore.encoders import TINY_TEST_MODEL, Encoder, OpenClipEncoder
+from semstore.ingest.budget import PixelBudget
+from semstore.names import UnsafePathError, check_collection_name, child_folder
 
 EncoderFactory = Callable[[str, "str | None"], Encoder]
+
+logger = logging.getLogger(__name__)
 
 
 class Database:
     """A semstore database (SQLite file or PostgreSQL) holding named collections.
 
     Components are injectable: ``encoder_factory(model, pretrained)`` builds encoders (one
-    per model, cached), ``settings`` carries every default.
+    per model, the ``settings.max_loaded_encoders`` most recently used kept loaded),
+    ``settings`` carries every default; ``pixel_budget`` bounds the pixels its collections
+    decode at once (``settings.max_decode_pixels``, over all threads).
     """
 
     def __init__(
@@ -39,9 +47,10 @@ class Database:
         self.engine = storage.create_db_engine(self.url)
         self.sessions = storage.session_factory(self.engine)
         self._encoder_factory = encoder_factory or self._default_encoder
-        self._encoders: dict[tuple[str, str | None], Encoder] = {}
+        self._encoders: OrderedDict[tuple[str, str | None], Encoder] = OrderedDict()
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()
+        self.pixel_budget = PixelBudget(self.settings.max_decode_pixels)
 
     # -- collections -----------------------------------------------------------------------
     def create_collection(
@@ -58,7 +67,7 @@ class Database:
         ``codec`` (a trained :class:`PQVAECodec` or its file) is reused instead of training a
         new one, making the codes comparable with every collection sharing it.
         """
-        _check_name(name)
+        check_collection_name(name)
         model = model or self.settings.model
         if pretrained is None and model == self.settings.model and model != TINY_TEST_MODEL:
             pretrained = self.settings.pretrained or None
@@ -105,23 +114,44 @@ class Database:
         return [self.collection(name) for name in sorted(names)]
 
     def delete_collection(self, name: str) -> None:
-        """Delete a collection, all its items, its saved index and the kept originals of its uploads."""
+        """Delete a collection, all its items, its saved index and the kept originals of its uploads.
+
+        Only the collection's own folders are removed; a folder that its name cannot safely
+        address (a name stored before names were checked) is left alone.
+        """
         with storage.transaction(self.sessions) as session:
             doomed = Collection(self, storage.get_collection(session, name=name))
             storage.delete_collection(session, name=name)
-        shutil.rmtree(self.index_directory(doomed), ignore_errors=True)
-        shutil.rmtree(self.settings.upload_directory(name), ignore_errors=True)
+        for folder in (lambda: self.index_directory(doomed), lambda: self.settings.upload_directory(name)):
+            try:
+                path = folder()
+            except UnsafePathError as exc:
+                logger.warning("collection %r deleted, its files were left in place: %s", name, exc)
+                continue
+            shutil.rmtree(path, ignore_errors=True)
         with self._lock:
             self._collections.pop(name, None)
 
     # -- components ------------------------------------------------------------------------
     def encoder(self, model: str, pretrained: str | None) -> Encoder:
-        """The (cached) encoder for a model and pretrained tag or checkpoint."""
+        """The encoder for a model and pretrained tag or checkpoint (loaded once, LRU-cached)."""
         key = (model, pretrained)
         with self._lock:
-            if key not in self._encoders:
-                self._encoders[key] = self._encoder_factory(model, pretrained)
-            return self._encoders[key]
+            cached = self._encoders.get(key)
+            if cached is not None:
+                self._encoders.move_to_end(key)
+                return cached
+            encoder = self._encoder_factory(model, pretrained)
+            self._encoders[key] = encoder
+            while len(self._encoders) > self.settings.max_loaded_encoders:
+                evicted, _ = self._encoders.popitem(last=False)
+                logger.info("released encoder %s/%s (max_loaded_encoders=%d)", *evicted, self.settings.max_loaded_encoders)
+            return encoder
+
+    def loaded_encoders(self) -> list[tuple[str, str | None]]:
+        """``(model, pretrained)`` of the encoders now loaded, least recently used first."""
+        with self._lock:
+            return list(self._encoders)
 
     def new_codec(self, dim: int) -> PQVAECodec:
         """An untrained codec with the configured defaults, for a collection's bootstrap."""
@@ -133,9 +163,12 @@ class Database:
         )
 
     def index_directory(self, collection: Collection) -> Path:
-        """Where a collection's saved index lives (per database, per collection)."""
+        """Where a collection's saved index lives (per database, per collection).
+
+        Raises :class:`semstore.names.UnsafePathError` for a name that is no safe folder name.
+        """
         database_key = hashlib.sha256(self.url.encode()).hexdigest()[:12]
-        return self.settings.data_dir.expanduser() / "indexes" / f"{database_key}-{collection.id}-{collection.name}"
+        return child_folder(self.settings.data_dir.expanduser() / "indexes", f"{database_key}-{collection.id}-{collection.name}")
 
     def close(self) -> None:
         """Release database connections."""
@@ -172,10 +205,3 @@ def connect(
     ``postgresql+psycopg://user@host/db``; by default a SQLite file in the data directory.
     """
     return Database(url, settings=settings, encoder_factory=encoder_factory)
-
-
-def _check_name(name: str) -> None:
-    if not name or len(name) > 128 or not all(ch.isalnum() or ch in "-_." for ch in name):
-        raise ValueError(
-            f"invalid collection name {name!r}: use 1-128 letters, digits, '-', '_' or '.'"
-        )

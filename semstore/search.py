@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from semstore.codec import PQVAECodec
+from semstore.validation import readable
 
 _CLASSIFY_CHUNK = 65_536
 
@@ -27,13 +28,13 @@ class SearchHit:
 
 
 def hits_from_rows(rows: Sequence[Any], scores: Sequence[float]) -> list[SearchHit]:
-    """Pair storage rows with scores (same order)."""
+    """Pair storage rows with scores (same order); stored text is made :func:`~semstore.validation.readable`."""
     return [
         SearchHit(
             id=int(row.id),
             score=float(score),
-            source_uri=row.source_uri,
-            metadata=dict(row.metadata_ or {}),
+            source_uri=readable(row.source_uri),
+            metadata=readable(dict(row.metadata_ or {})),
             width=row.width,
             height=row.height,
         )

@@ -6,21 +6,25 @@ import io
 
 from PIL import Image
 
+from semstore.ingest.budget import PixelBudget
 from semstore.ingest.images import open_image
 
 #: Largest edge a thumbnail may be asked for.
 MAX_THUMBNAIL_SIZE = 1024
 
 
-def make_thumbnail(data: bytes, *, size: int, max_pixels: int, quality: int = 85) -> bytes:
+def make_thumbnail(
+    data: bytes, *, size: int, max_pixels: int, quality: int = 85, budget: PixelBudget | None = None
+) -> bytes:
     """A JPEG of the image in ``data`` fitting in ``size`` x ``size`` (never enlarged).
 
     Decoding goes through :func:`semstore.ingest.open_image` (same format allow-list and
-    pixel limit as ingest); raises its ``BadImageError`` for an unreadable image.
+    pixel limit as ingest, decoded no larger than the thumbnail needs, within ``budget``);
+    raises its ``BadImageError`` for an unreadable image.
     """
     if not 1 <= size <= MAX_THUMBNAIL_SIZE:
         raise ValueError(f"thumbnail size must be within 1..{MAX_THUMBNAIL_SIZE}, got {size}")
-    image = open_image(data, max_pixels=max_pixels)
+    image = open_image(data, max_pixels=max_pixels, min_edge=size, budget=budget)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=quality, optimize=True)

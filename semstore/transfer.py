@@ -21,10 +21,9 @@ import base64
 import binascii
 import io
 import json
-import math
 import re
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -33,7 +32,12 @@ import numpy as np
 
 from semstore import __version__, storage
 from semstore.codec import PQVAECodec
+from semstore.encoders import EncoderError
+from semstore.names import InvalidNameError, check_collection_name
+from semstore.storage.repository import MAX_SOURCE_URI_CHARS
 from semstore.storage.types import DIGEST_HEX_CHARS
+from semstore.uploads import is_upload_uri
+from semstore.validation import InvalidMetadataError, InvalidTextError, check_metadata, check_text
 
 if TYPE_CHECKING:
     from semstore.database import Database
@@ -148,7 +152,9 @@ def export_collection(db: Database, name: str, destination: str | Path | IO[byte
             if codec is not None:
                 archive.writestr(CODEC, codec.to_bytes())
             with archive.open(ITEMS, "w", force_zip64=True) as raw:
-                out = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+                # backslashreplace: a lone surrogate stored before text was checked is written as its
+                # JSON escape (the import then refuses that line) instead of failing the export.
+                out = io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", newline="\n")
                 for start in range(0, ids.size, _EXPORT_CHUNK):
                     chunk = ids[start : start + _EXPORT_CHUNK].tolist()
                     for row in storage.get_items(session, collection_id=record.id, ids=chunk):
@@ -172,14 +178,24 @@ def _item_line(row: storage.Item) -> dict[str, Any]:
 # --------------------------------------------------------------------------- import
 
 
-def import_collection(db: Database, source: str | Path | IO[bytes], *, name: str | None = None) -> ImportSummary:
+ModelCheck = Callable[[str, "str | None"], None]
+
+
+def import_collection(
+    db: Database, source: str | Path | IO[bytes], *, name: str | None = None, model_check: ModelCheck | None = None
+) -> ImportSummary:
     """Load an archive written by :func:`export_collection` into collection ``name``.
 
     ``name`` defaults to the exported collection's name. A missing collection is created
     with the archive's model and codec; an existing one must use the same model and codec
     (or have no codec yet). Items already stored (same content hash) are skipped, so an
     interrupted import into an existing collection can simply be run again; a collection
-    created by a failed import is deleted.
+    created by a failed import is deleted. ``model_check(model, pretrained)`` (e.g. a
+    server's :class:`~semstore.encoders.ModelPolicy`) may refuse the archive's model
+    before any model is loaded, by raising.
+
+    Every item is validated like an ingested one (source URI: an ``upload://`` URI or an
+    absolute path, storable text; metadata: see :func:`semstore.validation.check_metadata`).
 
     Raises:
         TransferError: the archive is malformed or does not fit the target collection.
@@ -196,6 +212,12 @@ def import_collection(db: Database, source: str | Path | IO[bytes], *, name: str
         if codec.content_hash != manifest["codec_hash"]:
             raise TransferError("the archive's codec does not match its manifest")
         target = name or manifest["name"]
+        try:
+            check_collection_name(target)
+        except InvalidNameError as exc:
+            raise TransferError(str(exc)) from None
+        if model_check is not None:
+            model_check(manifest["model"], manifest.get("pretrained"))
         collection_id, codec_id, created = _target_collection(db, target, manifest, codec)
         added = skipped = 0
         try:
@@ -259,7 +281,12 @@ def _target_collection(
     try:
         existing = db.collection(name)
     except storage.CollectionNotFoundError:
-        db.create_collection(name, model=manifest["model"], pretrained=manifest.get("pretrained"), codec=codec)
+        try:
+            db.create_collection(name, model=manifest["model"], pretrained=manifest.get("pretrained"), codec=codec)
+        except storage.CollectionExistsError:
+            raise
+        except (ValueError, EncoderError) as exc:  # unknown model or tag, codec of another width, ...
+            raise TransferError(f"cannot create collection {name!r} for this archive: {exc}") from exc
         with db.sessions() as session:
             record = storage.get_collection(session, name=name)
             assert record.codec_id is not None
@@ -328,16 +355,21 @@ def _parse_item(line: bytes, number: int, row_bytes: int) -> storage.NewItem:
     if not isinstance(entry, dict):
         raise TransferError(f"{where}: expected a JSON object")
     source_uri, digest = entry.get("source_uri"), entry.get("content_hash")
-    if not isinstance(source_uri, str) or not source_uri:
-        raise TransferError(f"{where}: 'source_uri' must be a non-empty string")
+    try:
+        check_text(source_uri, "'source_uri'", max_chars=MAX_SOURCE_URI_CHARS, allow_empty=False)
+    except InvalidTextError as exc:
+        raise TransferError(f"{where}: {exc}") from None
+    if not (is_upload_uri(source_uri) or source_uri.startswith("/")):
+        raise TransferError(f"{where}: 'source_uri' must be an upload:// URI or an absolute file path")
     if not isinstance(digest, str) or not _ITEM_DIGEST.fullmatch(digest):
         raise TransferError(f"{where}: 'content_hash' must be 32 or 64 hex characters (SHA-256 of the file)")
     sizes = [entry.get("width"), entry.get("height")]
     if any(v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0) for v in sizes):
         raise TransferError(f"{where}: 'width' and 'height' must be non-negative integers or null")
-    metadata = entry.get("metadata") or {}
-    if not isinstance(metadata, dict) or not _finite_json(metadata):
-        raise TransferError(f"{where}: 'metadata' must be a JSON object without NaN or infinity")
+    try:
+        metadata = check_metadata(entry.get("metadata") or {}, "'metadata'")
+    except InvalidMetadataError as exc:
+        raise TransferError(f"{where}: {exc}") from None
     try:
         codes = base64.b64decode(entry.get("codes", ""), validate=True)
     except (binascii.Error, TypeError, ValueError) as exc:
@@ -348,16 +380,6 @@ def _parse_item(line: bytes, number: int, row_bytes: int) -> storage.NewItem:
         source_uri=source_uri, content_hash=digest[:DIGEST_HEX_CHARS].lower(), codes=codes, codec_id=0,
         width=sizes[0], height=sizes[1], metadata=metadata,
     )
-
-
-def _finite_json(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite_json(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite_json(v) for v in value)
-    return True
 
 
 def _check_codes(batch: list[storage.NewItem], codec: PQVAECodec, dtype: np.dtype[Any], number: int) -> None:

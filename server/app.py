@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from server import routers
 from server.auth import AuthMiddleware
 from server.errors import install_error_handlers
-from server.limits import BodySizeLimitMiddleware
+from server.limits import BodyLimitsMiddleware
 from server.metrics import MetricsMiddleware
 from server.replica import IndexPoller
 from server.routers.page import STATIC_DIR
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # Added innermost first: CORS sees everything, auth runs before any body is read.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimitsMiddleware, settings=settings)
     app.add_middleware(AuthMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     if settings.cors_origins:

@@ -55,12 +55,32 @@ def authenticate(state: AppState, authorization: str | None, client: str) -> Pri
 
     Blocking (one indexed database lookup): call it from a worker thread.
     """
-    from semstore import apikeys
-
     if state.settings.api_keys_disabled:
         principal = Principal(None, "local", "read-write")
         bucket = f"client:{client}"
     else:
+        principal = _check_key(state, authorization, client)
+        bucket = f"key:{principal.key_id}"
+    wait = state.rate_limiter.check(bucket)
+    if wait:
+        raise _rate_limited(f"rate limit of {state.rate_limiter.per_minute} requests per minute exceeded", wait)
+    return principal
+
+
+def _rate_limited(message: str, wait: int) -> ApiError:
+    return ApiError(429, "rate_limited", f"{message}; retry in {wait}s", {"retry_after_s": wait}, headers={"Retry-After": str(wait)})
+
+
+def _check_key(state: AppState, authorization: str | None, client: str) -> Principal:
+    """The key's principal; 401 for a bad key, 429 once the address sent too many bad keys."""
+    from semstore import apikeys
+
+    failures = state.auth_failures
+    address = f"address:{client}"
+    wait = failures.wait(address)
+    if wait:  # refused before any database lookup
+        raise _rate_limited(f"too many requests without a valid API key from {client}", wait)
+    try:
         if authorization is None:
             raise _unauthorized("missing_api_key", "this route needs an API key: send 'Authorization: Bearer <key>'")
         scheme, _, secret = authorization.strip().partition(" ")
@@ -73,20 +93,12 @@ def authenticate(state: AppState, authorization: str | None, client: str) -> Pri
             raise _unauthorized("invalid_api_key", "unknown API key")
         if key.revoked:
             raise _unauthorized("revoked_api_key", "this API key has been revoked")
-        if state.should_touch(key.id):
-            apikeys.touch_api_key(sessions, key.id)
-        principal = Principal(key.id, key.name, key.scope)
-        bucket = f"key:{key.id}"
-    wait = state.rate_limiter.check(bucket)
-    if wait:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"rate limit of {state.rate_limiter.per_minute} requests per minute exceeded; retry in {wait}s",
-            {"retry_after_s": wait},
-            headers={"Retry-After": str(wait)},
-        )
-    return principal
+    except ApiError:
+        failures.check(address)
+        raise
+    if state.should_touch(key.id):
+        apikeys.touch_api_key(sessions, key.id)
+    return Principal(key.id, key.name, key.scope)
 
 
 class AuthMiddleware:

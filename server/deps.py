@@ -16,12 +16,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from semstore.collection import Collection
 from semstore.config import Settings
 from semstore.database import Database
+from semstore.names import COLLECTION_NAME_PATTERN
 from server.auth import SCOPE_KEY, Principal
 from server.errors import ApiError
 from server.state import AppState
 
-#: Collection names as the library accepts them.
-NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+#: Collection names as the library accepts them (never '.' or '..', no separators).
+NAME_PATTERN = COLLECTION_NAME_PATTERN
 #: Item ids are 64-bit integers.
 MAX_ID = 2**63 - 1
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("semstore.server")
@@ -25,6 +25,7 @@ _STATUS_CODES: dict[int, str] = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     411: "length_required",
     413: "payload_too_large",
@@ -67,9 +68,23 @@ class ApiError(StarletteHTTPException):
         self.error_detail = detail
 
 
+#: Longest error message sent (an exception may quote a huge input).
+MAX_MESSAGE_CHARS = 1000
+#: Most validation problems listed in an error's detail.
+MAX_PROBLEMS = 20
+
+
+def safe_text(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` as a string that always encodes to UTF-8 (lone surrogates escaped), cut to ``limit``."""
+    value = str(text)
+    if len(value) > limit:
+        value = value[: limit - 3] + "..."
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_payload(code: str, message: str, detail: Any = None) -> dict[str, Any]:
     """The JSON document of an error response."""
-    return {"error": {"code": code, "message": message, "detail": detail}}
+    return {"error": {"code": code, "message": safe_text(message), "detail": detail}}
 
 
 def error_response(status_code: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -80,9 +95,11 @@ def error_response(status_code: int, code: str, message: str, detail: Any = None
 def _library_errors() -> list[tuple[type[BaseException], int, str]]:
     """``(exception class, status, code)`` for the library's typed errors."""
     from semstore.collection import QueryError, SourceUnavailableError
-    from semstore.encoders import EncoderError
+    from semstore.encoders import EncoderError, ModelNotAllowedError
     from semstore.ingest import BadImageError, IngestError
     from semstore.ingest.roots import PathNotAllowedError
+    from semstore.names import InvalidNameError, UnsafePathError
+    from semstore.validation import InvalidFilterError, InvalidMetadataError, InvalidTextError
     from semstore.storage import (
         ApiKeyExistsError,
         CodecNotFoundError,
@@ -105,6 +122,17 @@ def _library_errors() -> list[tuple[type[BaseException], int, str]]:
         (BadImageError, 422, "bad_image"),
         (IngestError, 422, "ingest_failed"),
         (EncoderError, 422, "model_unavailable"),
+        (ModelNotAllowedError, 422, "model_not_allowed"),
+        (InvalidNameError, 422, "invalid_name"),
+        (UnsafePathError, 422, "invalid_name"),
+        (InvalidMetadataError, 422, "invalid_metadata"),
+        (InvalidFilterError, 422, "invalid_filter"),
+        (InvalidTextError, 422, "invalid_text"),
+        (DataError, 422, "invalid_data"),
+        # Fallbacks: any other library ValueError / LookupError is a problem with the request
+        # (the most specific class registered wins, so the ones above keep their codes).
+        (ValueError, 400, "bad_request"),
+        (LookupError, 404, "not_found"),
     ]
 
 
@@ -121,16 +149,27 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
         problems = [
-            {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
-            for error in exc.errors()
+            {
+                "loc": [safe_text(part, 64) for part in list(error.get("loc", ()))[:8]],
+                "msg": safe_text(error.get("msg", ""), 300),
+                "type": safe_text(error.get("type", ""), 64),
+            }
+            for error in errors[:MAX_PROBLEMS]
         ]
         summary = "; ".join(f"{'.'.join(p['loc'])}: {p['msg']}" for p in problems[:5])
+        if len(errors) > MAX_PROBLEMS:
+            summary += f" ({len(errors)} problems, {MAX_PROBLEMS} listed)"
         return error_response(422, "validation_error", f"invalid request: {summary}", problems)
 
     def library_error(status_code: int, code: str):  # noqa: ANN202 - a handler factory
-        async def handler(_request: Request, exc: Exception) -> JSONResponse:
-            return error_response(status_code, code, " ".join((str(exc) or type(exc).__name__).split()))
+        async def handler(request: Request, exc: Exception) -> JSONResponse:
+            if type(exc) in (ValueError, LookupError, KeyError, IndexError) or isinstance(exc, DataError):
+                # Untyped errors are mapped to a 4xx but logged (one line): a bug would show here.
+                logger.warning("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, safe_text(exc, 300))
+            message = str(getattr(exc, "orig", None) or exc) if isinstance(exc, DataError) else str(exc)
+            return error_response(status_code, code, " ".join((message or type(exc).__name__).split()))
 
         return handler
 

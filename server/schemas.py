@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
+from semstore.validation import MAX_FILTER_KEYS, MAX_KEY_CHARS, MAX_TEXT_CHARS, check_filter, check_metadata, check_text
 from server.deps import MAX_ID, NAME_PATTERN
 
 # -- shared value types ---------------------------------------------------------------------------
@@ -14,41 +14,63 @@ from server.deps import MAX_ID, NAME_PATTERN
 _INT64 = 2**63
 
 
-def _check_json(value: Any, depth: int = 0) -> Any:
-    """Finite numbers, no NUL characters (PostgreSQL's JSONB refuses them), bounded nesting."""
-    if depth > 16:
-        raise ValueError("metadata is nested too deeply (16 levels at most)")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("metadata numbers must be finite")
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError("metadata strings cannot contain NUL characters")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_json(key, depth + 1)
-            _check_json(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_json(item, depth + 1)
-    return value
+def _storable(value: str) -> str:
+    """Valid Unicode without NUL (what SQLite and PostgreSQL can store and give back)."""
+    return check_text(value, "text")
 
 
-Metadata = Annotated[dict[str, JsonValue], AfterValidator(_check_json)]
+#: Any string field of a request: checked like stored text (no lone surrogates, no NUL).
+Text = Annotated[str, AfterValidator(_storable)]
+
+#: An item's metadata (see :func:`semstore.validation.check_metadata`).
+Metadata = Annotated[dict[str, JsonValue], AfterValidator(check_metadata)]
 
 #: Metadata keys usable in filters (no quotes, backslashes or control characters).
-FilterKey = Annotated[str, Field(pattern=r'^[^"\\\x00-\x1f]{1,256}$')]
+FilterKey = Annotated[str, Field(pattern=r'^[^"\\\x00-\x1f]{1,%d}$' % MAX_KEY_CHARS)]
 FilterValue = (
     StrictBool
     | Annotated[StrictInt, Field(ge=-_INT64, lt=_INT64)]
     | Annotated[StrictFloat, Field(allow_inf_nan=False)]
-    | Annotated[StrictStr, Field(max_length=4096, pattern=r"^[^\x00]*$")]
+    | Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)]
 )
-Where = dict[FilterKey, FilterValue]
+#: A metadata filter: at most :data:`semstore.validation.MAX_FILTER_KEYS` keys (the server's
+#: ``max_filter_keys`` may lower that).
+def _few_keys(value: Any) -> Any:
+    # Before the items are validated one by one: a filter of 100,000 keys is refused at once.
+    if isinstance(value, dict) and len(value) > MAX_FILTER_KEYS:
+        raise ValueError(f"a metadata filter may have at most {MAX_FILTER_KEYS} keys, got {len(value)}")
+    return value
+
+
+Where = Annotated[
+    dict[FilterKey, FilterValue], BeforeValidator(_few_keys),
+    Field(json_schema_extra={"maxProperties": MAX_FILTER_KEYS}),
+    AfterValidator(check_filter),
+]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
+#: Unknown fields named in a refusal (a body may hold thousands: one short error, not one each).
+_UNKNOWN_FIELDS_SHOWN = 5
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: strict types (``k: true`` or ``"10"`` is refused), no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_fields(cls, data: Any) -> Any:
+        # Checked first and in one step: pydantic's own extra="forbid" reports every unknown
+        # field separately, which for a body of 100,000 fields costs seconds and megabytes.
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                shown = ", ".join(repr(str(key)[:40]) for key in unknown[:_UNKNOWN_FIELDS_SHOWN])
+                more = f" and {len(unknown) - _UNKNOWN_FIELDS_SHOWN} more" if len(unknown) > _UNKNOWN_FIELDS_SHOWN else ""
+                raise ValueError(f"unknown field(s) {shown}{more}; allowed: {', '.join(cls.model_fields)}")
+        return data
 
 
 # -- collections ----------------------------------------------------------------------------------
@@ -58,8 +80,10 @@ class CollectionCreate(_Model):
     """A new collection: its name, encoder model and, optionally, a stored codec to reuse."""
 
     name: str = Field(pattern=NAME_PATTERN, examples=["photos"])
-    model: str | None = Field(default=None, max_length=128, description="open_clip model (default: the server's).")
-    pretrained: str | None = Field(
+    model: Text | None = Field(
+        default=None, max_length=128, description="open_clip model (default: the server's; see settings.allowed_models)."
+    )
+    pretrained: Text | None = Field(
         default=None, max_length=128, description="open_clip pretrained tag (default: the server's for its model)."
     )
     codec: str | None = Field(
@@ -145,7 +169,7 @@ class IngestOut(BaseModel):
 class PathIngest(_Model):
     """Server-side files or folders to ingest; each must lie under an allowed root."""
 
-    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(min_length=1, max_length=1000)
+    paths: list[Annotated[Text, Field(min_length=1, max_length=4096)]] = Field(min_length=1, max_length=1000)
     metadata: Metadata | None = None
 
 
@@ -164,7 +188,7 @@ class SearchOptions(_Model):
 class SearchRequest(SearchOptions):
     """A text query or a stored item ("more like this"): give exactly one."""
 
-    text: str | None = Field(default=None, min_length=1, max_length=1000, examples=["a dog on a beach"])
+    text: Text | None = Field(default=None, min_length=1, max_length=1000, examples=["a dog on a beach"])
     item_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
@@ -200,8 +224,8 @@ def _check_template(template: str) -> str:
 class ClassifyRequest(_Model):
     """Zero-shot classification of every item into one of ``labels``, paged."""
 
-    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=2, max_length=1000)
-    template: Annotated[str, Field(min_length=2, max_length=500), AfterValidator(_check_template)] = "a photo of a {}."
+    labels: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(min_length=2, max_length=1000)
+    template: Annotated[Text, Field(min_length=2, max_length=500), AfterValidator(_check_template)] = "a photo of a {}."
     offset: int = Field(default=0, ge=0, le=MAX_ID)
     limit: int | None = Field(
         default=None, ge=1, description="Items per page (default 100; at most the server's max page size)."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from semstore.encoders.policy import ModelPolicy
 from server.batching import TextBatcher
 from server.limits import RateLimiter
 from server.metrics import Metrics
@@ -16,6 +18,8 @@ from server.metrics import Metrics
 if TYPE_CHECKING:
     from semstore.config import Settings
     from semstore.database import Database, EncoderFactory
+
+logger = logging.getLogger("semstore.server")
 
 #: Seconds between two ``last_used_at`` updates of the same key (keeps reads free of writes).
 TOUCH_INTERVAL_S = 60.0
@@ -58,7 +62,11 @@ class IndexWarmup:
         self.error: str | None = None
 
     def run(self) -> bool:
-        """Load (or build) all indexes unless already done; True when the indexes are ready."""
+        """Load (or build) all indexes unless already done; True when the indexes are ready.
+
+        Also removes what a crash may have left in the upload folders (see
+        :meth:`semstore.Collection.clean_uploads`).
+        """
         with self._lock:
             if self.state == "ready":
                 return True
@@ -66,6 +74,9 @@ class IndexWarmup:
             try:
                 for collection in self._holder.get().collections():
                     _ = collection.index
+                    removed = collection.clean_uploads()
+                    if removed:
+                        logger.info("collection %r: removed %d upload files left by an interrupted write", collection.name, removed)
             except Exception as exc:  # reported by /health; the next health check retries
                 self.state, self.error = "error", " ".join(str(getattr(exc, "orig", None) or exc).split())
                 return False
@@ -80,6 +91,8 @@ class AppState:
     settings: Settings
     database: DatabaseHolder
     rate_limiter: RateLimiter
+    auth_failures: RateLimiter
+    model_policy: ModelPolicy
     metrics: Metrics
     warmup: IndexWarmup
     inference: anyio.CapacityLimiter
@@ -95,6 +108,8 @@ class AppState:
             settings=settings,
             database=holder,
             rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+            auth_failures=RateLimiter(settings.auth_failures_per_minute),
+            model_policy=ModelPolicy.from_settings(settings),
             metrics=Metrics(holder.get),
             warmup=IndexWarmup(holder),
             inference=inference,

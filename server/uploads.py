@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import UploadFile
 from pydantic import TypeAdapter, ValidationError
 
+from semstore.ingest.images import BadImageError, decoded_pixels
 from server.errors import ApiError
 from server.schemas import Metadata, Where
 
@@ -25,6 +26,27 @@ async def read_uploads(files: list[UploadFile], max_files: int) -> list[tuple[st
             413, "too_many_images", f"{len(files)} files in one request; the limit is {max_files}", {"max_images": max_files}
         )
     return [(upload.filename or "image", await upload.read()) for upload in files]
+
+
+def check_request_pixels(named: list[tuple[str, bytes]], *, max_pixels: int, max_image_pixels: int, min_edge: int | None) -> None:
+    """413 ``too_many_pixels`` when the images of one request would decode to more than ``max_pixels``.
+
+    Read from each header (as decoded, JPEGs at the model's scale) before anything is
+    decoded; an image whose header is already bad counts nothing (it fails on its own).
+    """
+    total = 0
+    for _, data in named:
+        try:
+            total += decoded_pixels(data, max_pixels=max_image_pixels, min_edge=min_edge)
+        except BadImageError:
+            continue
+    if total > max_pixels:
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"the images of this request decode to {total} pixels; the limit is {max_pixels} per request",
+            {"max_request_pixels": max_pixels},
+        )
 
 
 def parse_json_field(field: str, text: str | None, adapter: TypeAdapter[Any]) -> Any:

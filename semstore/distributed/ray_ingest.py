@@ -33,6 +33,7 @@ from semstore.distributed.stages import (
     read_batch,
     write_batch,
 )
+from semstore.encoders.openclip import model_image_edge
 from semstore.ingest.pipeline import TOO_FEW_TO_TRAIN, FailedSource, IngestError, IngestReport, attach_codec
 from semstore.ingest.sources import iter_image_files
 
@@ -171,6 +172,7 @@ class _Job:
                 "database_url": self._url,
                 "collection_id": self._collection.id,
                 "max_pixels": self._settings.max_image_pixels,
+                "min_edge": model_image_edge(self._collection.model),
             },
         )
         return dataset.map_batches(

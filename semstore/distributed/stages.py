@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.encoders import Encoder, OpenClipEncoder
-from semstore.ingest.images import BadImageError, content_hash, open_image
+from semstore.ingest.images import BadImageError, content_hash, decode_image
 from semstore.ingest.pipeline import FailedSource, new_items, read_source, store_items
 
 Batch = dict[str, np.ndarray]
@@ -42,8 +42,13 @@ def worker_sessions(database_url: str) -> sessionmaker[Session]:
         return _sessions[database_url]
 
 
-def read_batch(batch: Batch, *, database_url: str, collection_id: int, max_pixels: int) -> Batch:
+def read_batch(
+    batch: Batch, *, database_url: str, collection_id: int, max_pixels: int, min_edge: int | None = None
+) -> Batch:
     """Read, hash and decode the files of ``batch["source"]``; mark stored and repeated hashes skipped.
+
+    Images are decoded no smaller than ``min_edge`` a side (the model's input size), as
+    the local pipeline does, so both paths embed the same pixels.
 
     Output columns: ``source, digest, status, reason, pixels`` (RGB uint8 arrays),
     ``width, height``. Unreadable or undecodable files become ``failed`` rows with the reason.
@@ -70,11 +75,11 @@ def read_batch(batch: Batch, *, database_url: str, collection_id: int, max_pixel
             continue
         seen.add(row["digest"])
         try:
-            image = open_image(data, max_pixels=max_pixels)
+            decoded = decode_image(data, max_pixels=max_pixels, min_edge=min_edge)
         except BadImageError as exc:
             row["status"], row["reason"] = FAILED, exc.reason
             continue
-        row["pixels"], row["width"], row["height"] = np.asarray(image, dtype=np.uint8), image.width, image.height
+        row["pixels"], row["width"], row["height"] = np.asarray(decoded.image, dtype=np.uint8), decoded.width, decoded.height
     return _columns(rows)
 
 

@@ -2,8 +2,8 @@
 
 Public API: :class:`Encoder` (the interface), :class:`OpenClipEncoder` (open_clip backend),
 :data:`TINY_TEST_MODEL` (a tiny, NON-semantic model for tests and offline mechanics),
-:func:`load_encoder` (build the encoder described by :class:`~semstore.config.Settings`)
-and the errors. Importing this package does not import torch or open_clip.
+:func:`load_encoder` (build the encoder described by :class:`~semstore.config.Settings`),
+:class:`ModelPolicy` (which models a server's clients may ask for) and the errors. Importing this package does not import torch or open_clip.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from semstore.encoders.base import Encoder, EncoderError, EncoderWeightsNotFoundError
 from semstore.encoders.configs import TINY_TEST_MODEL, register_model_configs
 from semstore.encoders.openclip import OpenClipEncoder
+from semstore.encoders.policy import ModelNotAllowedError, ModelPolicy
 
 if TYPE_CHECKING:
     from semstore.config import Settings
@@ -22,6 +23,8 @@ __all__ = [
     "Encoder",
     "EncoderError",
     "EncoderWeightsNotFoundError",
+    "ModelNotAllowedError",
+    "ModelPolicy",
     "OpenClipEncoder",
     "load_encoder",
     "register_model_configs",

@@ -33,6 +33,15 @@ class Encoder(Protocol):
         """False for encoders whose embeddings carry no meaning (random weights, test models)."""
         ...
 
+    @property
+    def image_edge(self) -> int | None:
+        """Smallest image side the model's preprocessing needs (``None``: full size).
+
+        Decoders may shrink larger images down to it (JPEG DCT scaling) without changing
+        what the model sees materially, at a fraction of the memory.
+        """
+        ...
+
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed images; returns float32 ``(len(images), dim)`` with unit-norm rows."""
         ...

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["OpenClipEncoder"]
+__all__ = ["OpenClipEncoder", "model_image_edge"]
 
 # Seed of the random initialisation used when no weights are loaded: every process that
 # builds the same architecture without weights gets the same model, hence the same codes.
@@ -102,6 +102,7 @@ class OpenClipEncoder:
         self._name = model if _has_schema(model) else f"{model}/{weights_label}"
         self._is_semantic = model != TINY_TEST_MODEL and (weights is not None or _has_schema(model))
         self._dim = self._probe_dim()
+        self._image_edge = _input_edge(clip)
 
     @property
     def name(self) -> str:
@@ -117,6 +118,11 @@ class OpenClipEncoder:
     def is_semantic(self) -> bool:
         """True only when real weights are loaded into a real architecture."""
         return self._is_semantic
+
+    @property
+    def image_edge(self) -> int | None:
+        """Smallest side of the model's input images; larger images may be decoded smaller."""
+        return self._image_edge
 
     @property
     def batch_size(self) -> int:
@@ -168,6 +174,31 @@ class OpenClipEncoder:
         if not chunks:
             return np.zeros((0, self._dim), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+
+def _input_edge(clip: Any) -> int | None:
+    import open_clip
+
+    size = open_clip.get_model_preprocess_cfg(clip).get("size")
+    if isinstance(size, int):
+        return size if size > 0 else None
+    if isinstance(size, (tuple, list)) and size and all(isinstance(v, int) and v > 0 for v in size):
+        return min(size)
+    return None
+
+
+def model_image_edge(model: str) -> int | None:
+    """The input image side of open_clip architecture ``model`` from its config (no weights loaded)."""
+    import open_clip
+
+    register_model_configs()
+    config = open_clip.get_model_config(model) or {}
+    size = config.get("vision_cfg", {}).get("image_size")
+    if isinstance(size, int):
+        return size
+    if isinstance(size, (tuple, list)) and size:
+        return min(int(v) for v in size)
+    return None
 
 
 def _unit_rows(features: torch.Tensor) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from semstore.files import create_private_file, private_folder
 from semstore.index.errors import IndexCorruptError, IndexNotFoundError, IndexStaleError
 
 FORMAT = "semstore-adc-index/1"
@@ -65,12 +66,12 @@ def write_index_dir(directory: str | Path, index: faiss.Index, version: IndexVer
 
     ``meta`` (layout, code shape, ...) is stored in ``config.json`` next to the version.
     """
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(directory)
     name = f"index-{_next_generation(folder)}.faiss"
     token = uuid.uuid4().hex[:12]
     tmp_index = folder / f".{name}.{token}.tmp"
     try:
+        create_private_file(tmp_index)  # FAISS truncates it and keeps its 0600 mode
         faiss.write_index(index, str(tmp_index))
         _fsync_file(tmp_index)
         digest = _sha256_file(tmp_index)
@@ -89,6 +90,7 @@ def write_index_dir(directory: str | Path, index: faiss.Index, version: IndexVer
     }
     tmp_config = folder / f".{CONFIG_NAME}.{token}.tmp"
     try:
+        create_private_file(tmp_config)
         with open(tmp_config, "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
             handle.flush()

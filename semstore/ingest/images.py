@@ -5,10 +5,16 @@ record the bad file and go on. Pillow's global settings are never changed: trunc
 images stay errors (no ``LOAD_TRUNCATED_IMAGES``) and ``Image.MAX_IMAGE_PIXELS`` is left
 alone; the caller's ``max_pixels`` is checked against the size declared in the header,
 before any pixel data is decoded.
+
+Memory follows the pixels actually decoded: given the smallest edge the caller needs
+(``min_edge``, e.g. the model's input size), a JPEG decodes at a reduced DCT scale
+(Pillow's ``draft``) and other formats are box-reduced right after decoding; a
+:class:`~semstore.ingest.budget.PixelBudget` bounds the pixels decoded at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
@@ -16,17 +22,21 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from semstore.ingest.budget import PixelBudget
 from semstore.storage.types import DIGEST_HEX_CHARS
 
 __all__ = [
     "ALLOWED_FORMATS",
     "IMAGE_EXTENSIONS",
     "BadImageError",
+    "DecodedImage",
     "content_hash",
+    "decode_image",
+    "decoded_pixels",
     "open_image",
 ]
 
@@ -66,6 +76,14 @@ class BadImageError(ValueError):
         self.reason = reason
 
 
+class DecodedImage(NamedTuple):
+    """A decoded RGB image (possibly shrunk to the caller's ``min_edge``) and its full size."""
+
+    image: Image.Image
+    width: int
+    height: int
+
+
 def content_hash(data: bytes) -> str:
     """The content hash of raw file bytes, used to deduplicate ingested images.
 
@@ -75,32 +93,70 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:DIGEST_HEX_CHARS]
 
 
-def open_image(source: str | Path | bytes, *, max_pixels: int) -> Image.Image:
-    """Decode an image file path or raw bytes into a fully loaded RGB image.
+def open_image(
+    source: str | Path | bytes,
+    *,
+    max_pixels: int,
+    min_edge: int | None = None,
+    budget: PixelBudget | None = None,
+) -> Image.Image:
+    """The image of :func:`decode_image`, without its full size."""
+    return decode_image(source, max_pixels=max_pixels, min_edge=min_edge, budget=budget).image
+
+
+def decode_image(
+    source: str | Path | bytes,
+    *,
+    max_pixels: int,
+    min_edge: int | None = None,
+    budget: PixelBudget | None = None,
+) -> DecodedImage:
+    """Decode an image file path or raw bytes into a fully loaded RGB image and its full size.
 
     Only the formats in :data:`ALLOWED_FORMATS` are tried. Animated images give their
     first frame (more than :data:`MAX_FRAMES` frames are refused); the EXIF orientation is applied; transparent pixels are composited on
     white. The returned image holds no file handle.
 
+    ``min_edge`` is the smallest width and height the caller needs: a larger image comes
+    back smaller, never below ``min_edge`` on either side (JPEGs are decoded at that scale,
+    which saves most of the memory and time). ``budget`` is held for the decoded pixels
+    while decoding.
+
     Raises:
         BadImageError: the file cannot be read, is empty, is not an image, is in a format
             outside the allow-list, declares zero or more than ``max_pixels`` pixels
             (checked before decoding), or is truncated or corrupt.
-        ValueError: ``max_pixels`` is not positive.
+        ValueError: ``max_pixels`` or ``min_edge`` is not positive.
     """
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    if min_edge is not None and min_edge < 1:
+        raise ValueError(f"min_edge must be positive, got {min_edge}")
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _decode(io.BytesIO(bytes(source)), max_pixels)
+        return _decode(io.BytesIO(bytes(source)), max_pixels, min_edge, budget)
     try:
         fp = Path(source).open("rb")
     except OSError as exc:
         raise BadImageError(f"cannot read file: {exc.strerror or exc}") from exc
     with fp:
-        return _decode(fp, max_pixels)
+        return _decode(fp, max_pixels, min_edge, budget)
 
 
-def _decode(fp: IO[bytes], max_pixels: int) -> Image.Image:
+def decoded_pixels(data: bytes, *, max_pixels: int, min_edge: int | None = None) -> int:
+    """The pixels :func:`open_image` would decode for ``data``, read from the header only.
+
+    Lets a caller bound a whole request before decoding any of it. Raises
+    :class:`BadImageError` like :func:`open_image` for what its header already shows.
+    """
+    fp = io.BytesIO(data)
+    image = _open(fp, max_pixels)
+    with image:
+        _draft(image, min_edge)
+        width, height = image.size
+        return width * height
+
+
+def _open(fp: IO[bytes], max_pixels: int) -> Image.Image:
     header = fp.read(_HEADER_BYTES)
     if not header:
         raise BadImageError("empty file")
@@ -117,22 +173,64 @@ def _decode(fp: IO[bytes], max_pixels: int) -> Image.Image:
         raise BadImageError(_unidentified_reason(header)) from exc
     except _DECODE_ERRORS as exc:
         raise BadImageError(_decode_error_reason(exc, header, stream_size)) from exc
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        image.close()
+        raise BadImageError("zero-size image")
+    if width * height > max_pixels:
+        image.close()
+        raise BadImageError(_too_large(width, height, max_pixels))
+    return image
 
-    with image:
-        width, height = image.size
-        if width <= 0 or height <= 0:
-            raise BadImageError("zero-size image")
-        if width * height > max_pixels:
-            raise BadImageError(_too_large(width, height, max_pixels))
-        _check_frames(image)
+
+def _draft(image: Image.Image, min_edge: int | None) -> None:
+    """Let a JPEG decode at the smallest DCT scale (1/2, 1/4, 1/8) keeping ``min_edge``."""
+    if min_edge is not None and image.format == "JPEG":
         try:
-            image.load()  # the current (first) frame only; later frames are never decoded
-        except Image.DecompressionBombError as exc:
-            raise BadImageError(_bomb_reason(str(exc), header, max_pixels)) from exc
-        except _DECODE_ERRORS as exc:
-            raise BadImageError(_decode_error_reason(exc, header, stream_size)) from exc
-        _apply_exif_orientation(image)
-        return _to_rgb(image)
+            image.draft(None, (min_edge, min_edge))
+        except _DECODE_ERRORS:
+            pass  # an odd JPEG just decodes at full size
+
+
+def _decode(fp: IO[bytes], max_pixels: int, min_edge: int | None, budget: PixelBudget | None) -> DecodedImage:
+    header = fp.read(_HEADER_BYTES)
+    stream_size = fp.seek(0, io.SEEK_END)
+    fp.seek(0)
+    image = _open(fp, max_pixels)
+    with image:
+        _check_frames(image)
+        full_width, full_height = image.size
+        _draft(image, min_edge)
+        width, height = image.size
+        reservation = budget.reserve(width * height) if budget is not None else contextlib.nullcontext()
+        with reservation:
+            try:
+                image.load()  # the current (first) frame only; later frames are never decoded
+            except Image.DecompressionBombError as exc:
+                raise BadImageError(_bomb_reason(str(exc), header, max_pixels)) from exc
+            except _DECODE_ERRORS as exc:
+                raise BadImageError(_decode_error_reason(exc, header, stream_size)) from exc
+            loaded = _reduce(image, min_edge)
+            before = loaded.size
+            _apply_exif_orientation(loaded)
+            if loaded.size != before and loaded.size == before[::-1]:
+                full_width, full_height = full_height, full_width  # rotated by its EXIF orientation
+            return DecodedImage(_to_rgb(loaded), full_width, full_height)
+
+
+def _reduce(image: Image.Image, min_edge: int | None) -> Image.Image:
+    """Box-reduce a decoded image by the largest integer factor keeping ``min_edge``."""
+    if min_edge is None:
+        return image
+    factor = min(image.size) // min_edge
+    if factor < 2:
+        return image
+    try:
+        reduced = image.reduce(factor)
+    except (ValueError, OSError):
+        return image  # modes reduce() does not take (palette images) stay full size
+    reduced.info = image.info  # keep EXIF orientation and transparency
+    return reduced
 
 
 def _check_frames(image: Image.Image) -> None:

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.encoders import Encoder
-from semstore.ingest.images import BadImageError, content_hash, open_image
+from semstore.ingest.budget import PixelBudget
+from semstore.ingest.images import BadImageError, content_hash, decode_image
 from semstore.ingest.sources import iter_image_files
 
 
@@ -119,6 +120,7 @@ class IngestPipeline:
         batch_size: int = 32,
         bootstrap_size: int = 5000,
         max_pixels: int = 89_478_485,
+        pixel_budget: PixelBudget | None = None,
         on_items_added: ItemsAdded | None = None,
         on_codec_trained: Callable[[PQVAECodec, int], None] | None = None,
     ) -> None:
@@ -133,6 +135,7 @@ class IngestPipeline:
         self._batch_size = max(1, batch_size)
         self._bootstrap_size = max(2, bootstrap_size)
         self._max_pixels = max_pixels
+        self._pixel_budget = pixel_budget
         self._on_items_added = on_items_added
         self._on_codec_trained = on_codec_trained
         self._buffer: list[tuple[_Decoded, np.ndarray]] = []
@@ -215,11 +218,13 @@ class IngestPipeline:
                 skipped += 1
                 continue
             try:
-                image = open_image(data, max_pixels=self._max_pixels)
+                image = decode_image(
+                    data, max_pixels=self._max_pixels, min_edge=self._encoder.image_edge, budget=self._pixel_budget
+                )
             except BadImageError as exc:
                 failed.append(FailedSource(name, exc.reason))
                 continue
-            decoded.append(_Decoded(name, digest, image, image.width, image.height))
+            decoded.append(_Decoded(name, digest, image.image, image.width, image.height))
         return _Pending(decoded, failed, skipped)
 
     def _accept(

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from semstore.files import create_private_file
 from semstore.storage.errors import StorageError
 
 #: Applied to every new SQLite connection. WAL lets readers run beside one writer,
@@ -53,7 +54,8 @@ def _sqlite_file(url: URL) -> Path | None:
 def create_db_engine(url: str, *, sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS, **engine_kwargs: Any) -> Engine:
     """Create an :class:`~sqlalchemy.Engine` for ``url`` (SQLite or PostgreSQL).
 
-    For a SQLite file the parent directory is created and every new connection runs
+    For a SQLite file the parent directory (0700) and the file (0600: SQLite gives its
+    ``-wal`` and ``-shm`` files the same mode) are created if missing, and every new connection runs
     ``sqlite_pragmas`` (default :data:`SQLITE_PRAGMAS`). PostgreSQL URLs are
     normalized to the psycopg driver (see :func:`normalize_database_url`). Extra
     keyword arguments go to :func:`sqlalchemy.create_engine`.
@@ -63,7 +65,7 @@ def create_db_engine(url: str, *, sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS
     if backend == "sqlite":
         path = _sqlite_file(parsed)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(path)
         engine = create_engine(parsed, **engine_kwargs)
         pragmas = tuple(sqlite_pragmas)
 

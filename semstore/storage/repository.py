@@ -35,12 +35,16 @@ from semstore.storage.errors import (
 )
 from semstore.storage.models import API_KEY_SCOPES, ApiKey, Codec, Collection, Item
 from semstore.storage.types import digest_bytes
+from semstore.validation import check_metadata, check_text
 
 #: Largest number of bound values put in one ``IN (...)`` list (old SQLite builds allow 999).
 IN_CHUNK_SIZE = 900
 
 #: Rows fetched per round trip when streaming codes.
 STREAM_CHUNK_ROWS = 65_536
+
+#: Longest source URI stored (a file path or ``upload://<hash>/<name>``).
+MAX_SOURCE_URI_CHARS = 4096
 
 _T = TypeVar("_T")
 _first = itemgetter(0)
@@ -209,13 +213,18 @@ def add_items(session: Session, *, collection_id: int, items: Sequence[NewItem])
     Bumps the collection revision. Raises :class:`DuplicateItemError` when a content
     hash repeats within ``items`` or is already stored in the collection (after which
     the caller must roll back), ``ValueError`` when one is not 32 lowercase hex
-    characters. The caller commits.
+    characters, or a source URI or metadata cannot be stored (see
+    :mod:`semstore.validation`). The caller commits.
     """
     if not items:
         return []
     hashes = [item.content_hash for item in items]
     for digest in hashes:
         digest_bytes(digest)
+    for item in items:
+        check_text(item.source_uri, "source_uri", max_chars=MAX_SOURCE_URI_CHARS, allow_empty=False)
+        if item.metadata:
+            check_metadata(item.metadata)
     if len(set(hashes)) != len(hashes):
         raise DuplicateItemError("the batch contains the same content_hash more than once")
     rows = [
@@ -302,7 +311,7 @@ def update_item_metadata(
     if not isinstance(metadata, Mapping):
         raise TypeError("metadata must be a mapping")
     item = get_item(session, collection_id=collection_id, item_id=item_id)
-    merged = dict(metadata) if replace else {**(item.metadata_ or {}), **metadata}
+    merged = check_metadata(dict(metadata) if replace else {**(item.metadata_ or {}), **metadata})
     item.metadata_ = merged  # a new dict, so the JSON change is detected
     _bump_revision(session, collection_id)
     session.flush()

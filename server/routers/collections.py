@@ -17,7 +17,7 @@ from semstore import transfer
 from semstore.collection import Collection
 from semstore.database import Database
 from server.deps import NAME_PATTERN, CollectionDep, CollectionName, DatabaseDep, ReadAccess, StateDep, WriteAccess
-from server.errors import COMMON_ERRORS, ApiError
+from server.errors import COMMON_ERRORS
 from server.schemas import CodecOut, CollectionCreate, CollectionList, CollectionOut, ImportOut
 from server.uploads import read_uploads
 
@@ -38,28 +38,18 @@ def list_collections(database: DatabaseDep) -> CollectionList:
 async def create_collection(body: CollectionCreate, state: StateDep) -> CollectionOut:
     """Create an empty collection; its codec is trained on its first images unless ``codec`` names a stored one."""
     database = state.database.get()
-    _check_model(database, body.model, body.pretrained)
-    created = await anyio.to_thread.run_sync(partial(_create, database, body), limiter=state.inference)
+    # Refused here, before any model loads: only the models this server allows, by registry tag.
+    model, pretrained = state.model_policy.resolve(body.model, body.pretrained)
+    created = await anyio.to_thread.run_sync(
+        partial(_create, database, body.name, model, pretrained, body.codec), limiter=state.inference
+    )
     return created
 
 
-def _create(database: Database, body: CollectionCreate) -> CollectionOut:
-    codec = transfer.load_stored_codec(database, body.codec) if body.codec else None
-    collection = database.create_collection(body.name, model=body.model, pretrained=body.pretrained, codec=codec)
+def _create(database: Database, name: str, model: str, pretrained: str | None, codec_hash: str | None) -> CollectionOut:
+    codec = transfer.load_stored_codec(database, codec_hash) if codec_hash else None
+    collection = database.create_collection(name, model=model, pretrained=pretrained, codec=codec)
     return collection_out(collection)
-
-
-def _check_model(database: Database, model: str | None, pretrained: str | None) -> None:
-    """Clients pick an open_clip model by name and weights by tag, never by a server path."""
-    import open_clip
-
-    settings = database.settings
-    if model is not None and model != settings.model and model not in open_clip.list_models():
-        raise ApiError(422, "model_unavailable", f"unknown model {model!r}")
-    if pretrained is None or (pretrained == settings.pretrained and (model or settings.model) == settings.model):
-        return
-    if pretrained not in open_clip.list_pretrained_tags_by_model(model or settings.model):
-        raise ApiError(422, "model_unavailable", f"unknown pretrained tag {pretrained!r} for model {model or settings.model!r}")
 
 
 @router.get("/collections/{name}", dependencies=[ReadAccess])
@@ -108,7 +98,8 @@ async def import_collection(
     """Load an exported archive: creates the collection or merges into one with the same codec."""
     database = state.database.get()
     summary = await anyio.to_thread.run_sync(
-        partial(transfer.import_collection, database, archive.file, name=name), limiter=state.inference
+        partial(transfer.import_collection, database, archive.file, name=name, model_check=state.model_policy.check),
+        limiter=state.inference,
     )
     return ImportOut(**dataclasses.asdict(summary))
 

@@ -10,15 +10,16 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from semstore.collection import Collection, upload_uri
+from semstore.collection import Collection
 from semstore.ingest import IngestReport
 from semstore.ingest.roots import confine_paths
 from semstore.storage import ItemNotFoundError
 from semstore.thumbnails import MAX_THUMBNAIL_SIZE, make_thumbnail
+from semstore.uploads import upload_uri
 from server.deps import CollectionDep, ItemId, ReadAccess, StateDep, WriteAccess
 from server.errors import COMMON_ERRORS, ApiError
 from server.schemas import IngestedFile, IngestOut, ItemOut, MetadataPatch, PathIngest
-from server.uploads import parse_metadata_field, read_uploads
+from server.uploads import check_request_pixels, parse_metadata_field, read_uploads
 
 router = APIRouter(prefix="/v1/collections/{name}/items", tags=["items"], responses=COMMON_ERRORS)
 
@@ -35,7 +36,18 @@ async def upload_items(
 ) -> IngestOut:
     """Add uploaded images. A bad image is reported and skipped; 422 if none could be stored."""
     meta = parse_metadata_field(metadata)
-    named = await read_uploads(files, state.settings.max_images_per_request)
+    settings = state.settings
+    named = await read_uploads(files, settings.max_images_per_request)
+    edge = await anyio.to_thread.run_sync(lambda: collection.encoder.image_edge, limiter=state.inference)
+    await anyio.to_thread.run_sync(
+        partial(
+            check_request_pixels,
+            named,
+            max_pixels=settings.max_request_pixels,
+            max_image_pixels=settings.max_image_pixels,
+            min_edge=edge,
+        )
+    )
     report = await anyio.to_thread.run_sync(
         partial(collection.add_images, named, metadata=meta), limiter=state.inference
     )
@@ -139,12 +151,28 @@ async def thumbnail(
     state: StateDep,
     size: Annotated[int, Query(ge=16, le=MAX_THUMBNAIL_SIZE, description="Longest edge in pixels.")] = 256,
 ) -> Response:
-    """A JPEG preview of the item's own source image (never a path from the request)."""
+    """A JPEG preview of the item's own source image (never a path from the request).
+
+    Only kept uploads and files under the server's ``allowed_ingest_roots`` and
+    ``source_roots`` are read, at most ``max_upload_bytes`` of them.
+    """
     settings = state.settings
     data = await anyio.to_thread.run_sync(
-        partial(collection.source_bytes, item_id, max_bytes=max(settings.max_upload_bytes, 256 * 1024 * 1024))
+        partial(
+            collection.source_bytes,
+            item_id,
+            max_bytes=settings.max_upload_bytes,
+            allowed_roots=settings.readable_source_roots(),
+        )
     )
     jpeg = await anyio.to_thread.run_sync(
-        partial(make_thumbnail, data, size=size, max_pixels=settings.max_image_pixels), limiter=state.inference
+        partial(
+            make_thumbnail,
+            data,
+            size=size,
+            max_pixels=settings.max_image_pixels,
+            budget=collection.database.pixel_budget,
+        ),
+        limiter=state.inference,
     )
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

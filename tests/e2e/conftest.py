@@ -29,6 +29,7 @@ from semstore import apikeys
 from semstore.config import Settings
 from semstore.encoders import TINY_TEST_MODEL
 from server.app import create_app
+from server.serving import uvicorn_config
 
 IMAGE_COUNT = 30
 COLLECTION = "photos"
@@ -37,14 +38,15 @@ COLLECTION = "photos"
 class LiveServer:
     """uvicorn serving ``app`` on a free 127.0.0.1 port in a daemon thread."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.app = app
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+        # The production configuration (header timeout protocol), on this test's socket.
+        config = uvicorn_config(app, settings, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
 
@@ -64,7 +66,7 @@ class LiveServer:
 
 
 def start_server(settings: Settings) -> LiveServer:
-    return LiveServer(create_app(settings)).start()
+    return LiveServer(create_app(settings), settings).start()
 
 
 def e2e_settings(root: Path, **overrides: object) -> Settings:
@@ -81,6 +83,7 @@ def e2e_settings(root: Path, **overrides: object) -> Settings:
         "max_images_per_request": 16,
         "max_page_size": 50,
         "rate_limit_per_minute": 0,
+        "auth_failures_per_minute": 0,  # these tests send many keyless requests on purpose
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -36,9 +36,11 @@ def test_collection_lifecycle(photos: Photos) -> None:
         assert created.json()["items"] == 0 and created.json()["codec_hash"] is None
         assert_error(client.post("/v1/collections", json={"name": "scratch"}), 409, "collection_exists")
         assert_error(client.post("/v1/collections", json={"name": "no spaces"}), 422, "validation_error")
-        assert_error(client.post("/v1/collections", json={"name": "x", "model": "no-such-model"}), 422, "model_unavailable")
+        refused = client.post("/v1/collections", json={"name": "x", "model": "no-such-model"})
+        assert_error(refused, 422, "model_not_allowed")
+        assert "semstore-tiny-test (default)" in refused.json()["error"]["message"]  # names what is allowed
         assert_error(
-            client.post("/v1/collections", json={"name": "x", "pretrained": "/etc/passwd"}), 422, "model_unavailable"
+            client.post("/v1/collections", json={"name": "x", "pretrained": "/etc/passwd"}), 422, "model_not_allowed"
         )
         names = [c["name"] for c in client.get("/v1/collections").json()["collections"]]
         assert {"scratch", COLLECTION} <= set(names)
@@ -250,9 +252,9 @@ def test_ingest_paths_confined_to_allowed_roots(photos: Photos) -> None:
             str(allowed / "escape" / "secret.png"),
             "relative/path.png",
             str(allowed / "missing.png"),
-            str(allowed) + "\u0000.png",
         ):
             assert_error(client.post(url, json={"paths": [bad]}), 400, "path_not_allowed")
+        assert_error(client.post(url, json={"paths": [str(allowed) + "\u0000.png"]}), 422, "validation_error")
         response = client.post(url, json={"paths": [str(folder)], "metadata": {"via": "path"}})
         assert response.status_code == 200, response.text
         body = response.json()

@@ -137,7 +137,7 @@ def server_env(settings: Settings) -> dict[str, str]:
 
 @dataclass
 class ServerProcess:
-    """``uvicorn --factory server.app:create_app`` in its own process (so its RSS is its own)."""
+    """``python -m server`` (the production entry point) in its own process (so its RSS is its own)."""
 
     settings: Settings
     log: Path
@@ -149,12 +149,11 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
-        command = [
-            sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app",
-            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-        ]  # fmt: skip
+        env = server_env(self.settings) | {"SEMSTORE_HOST": "127.0.0.1", "SEMSTORE_PORT": str(self.port)}
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, env=server_env(self.settings), stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "server"], cwd=REPO, env=env, stdout=log, stderr=log
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

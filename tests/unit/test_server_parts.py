@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from semstore import apikeys
-from semstore.collection import upload_uri
+from semstore.uploads import upload_uri
 from semstore.config import Settings
 from semstore.ingest.roots import PathNotAllowedError, confine_paths
 from server.app import InsecureSettingsError, check_settings, is_loopback

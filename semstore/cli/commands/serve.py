@@ -21,9 +21,8 @@ def serve(
     data_dir: DataDirOption = None,
 ) -> None:
     """Run the HTTP API server and the search page (API keys: `semstore keys create`)."""
-    import uvicorn
-
     from server.app import check_settings
+    from server.serving import serve as run_server
 
     # Validated here so a bad value is one error line, not a failing worker.
     settings = build_settings(db=db, data_dir=data_dir, model=model, pretrained=pretrained, host=host, port=port)
@@ -39,4 +38,4 @@ def serve(
     ):
         if value is not None:
             os.environ[name] = str(value)
-    uvicorn.run("server.app:create_app", factory=True, host=settings.host, port=settings.port)
+    run_server(settings)
