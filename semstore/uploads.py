@@ -52,8 +52,8 @@ def clean_file_name(name: str) -> str:
     kept = "".join(
         ch for ch in base if ch not in _BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Cs", "Cn", "Co")
     )
-    kept = unicodedata.normalize("NFC", kept)[:_MAX_NAME_CHARS].strip()
-    return kept if kept not in ("", ".", "..") else "image"
+    kept = unicodedata.normalize("NFC", kept)[:_MAX_NAME_CHARS]
+    return kept if kept.strip() not in ("", ".", "..") else "image"
 
 
 def upload_uri(name: str, data: bytes) -> str:

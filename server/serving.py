@@ -89,4 +89,9 @@ def serve(settings: Settings, **overrides: Any) -> None:
     """Run ``server.app:create_app`` (settings from the environment) until interrupted."""
     import uvicorn
 
-    uvicorn.Server(uvicorn_config("server.app:create_app", settings, factory=True, **overrides)).run()
+    server = uvicorn.Server(uvicorn_config("server.app:create_app", settings, factory=True, **overrides))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl-C / SIGINT it shut down on; the shutdown is complete
+
