@@ -187,12 +187,19 @@ class IngestPipeline:
                         d.image = None  # free pixels early
                     self._accept(pending.decoded, embeddings, metadata, report, progress)
                 bar.update(len(batches[index]))
-                bar.set_postfix(added=report.added, skipped=report.skipped, failed=len(report.failed))
+                self._show_counts(bar, report)
         if self._buffer:
             self._train_and_flush(metadata, report, progress)
+            self._show_counts(bar, report)  # the buffered images are stored only now
         bar.close()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _show_counts(self, bar: tqdm, report: IngestReport) -> None:
+        counts = {"added": report.added, "skipped": report.skipped, "failed": len(report.failed)}
+        if self._buffer:
+            counts["awaiting_codec"] = len(self._buffer)  # embedded, stored once the codec is trained
+        bar.set_postfix(counts, refresh=True)
 
     # -- stages ----------------------------------------------------------------------------
     def _read_batch(self, paths: Sequence[Path | BytesSource], seen: set[str]) -> _Pending:
