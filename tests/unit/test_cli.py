@@ -384,3 +384,20 @@ def test_health_route(tmp_path: Path) -> None:
         response = client.get("/health")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "unhealthy"
+
+
+def test_serve_hands_source_roots_to_the_server_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import server.serving
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(server.serving, "serve", lambda settings: seen.update(settings=settings, env=dict(os.environ)))
+    # serve exports its options as SEMSTORE_* variables for the server process: keep them out of this one.
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("SEMSTORE_")})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    result = runner.invoke(
+        app, ["serve", "--port", "0", "--source-root", str(photos), "--data-dir", str(tmp_path / "data"), "--model", TINY]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["settings"].source_roots == [photos.resolve()]  # type: ignore[attr-defined]
+    assert json.loads(seen["env"]["SEMSTORE_SOURCE_ROOTS"]) == [str(photos.resolve())]  # type: ignore[index]

@@ -1,6 +1,8 @@
 """The serve command: the HTTP server (``server.app:create_app``) under uvicorn."""
 
+import json
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,13 +21,26 @@ def serve(
     pretrained: PretrainedOption = None,
     db: DbOption = None,
     data_dir: DataDirOption = None,
+    source_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--source-root",
+            help=(
+                "Folder whose files the server may read for thumbnails of items ingested from it (repeatable; "
+                "e.g. the folder given to `semstore ingest`). Default: SEMSTORE_SOURCE_ROOTS, else none."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API server and the search page (API keys: `semstore keys create`)."""
     from server.app import check_settings
     from server.serving import serve as run_server
 
     # Validated here so a bad value is one error line, not a failing worker.
-    settings = build_settings(db=db, data_dir=data_dir, model=model, pretrained=pretrained, host=host, port=port)
+    roots = [root.expanduser().resolve() for root in source_root] if source_root else None
+    settings = build_settings(
+        db=db, data_dir=data_dir, model=model, pretrained=pretrained, host=host, port=port, source_roots=roots
+    )
     check_settings(settings)
     # The app factory builds its own Settings in the server process: options travel as env vars.
     for name, value in (
@@ -35,6 +50,7 @@ def serve(
         ("SEMSTORE_PRETRAINED", pretrained),
         ("SEMSTORE_HOST", settings.host),
         ("SEMSTORE_PORT", settings.port),
+        ("SEMSTORE_SOURCE_ROOTS", json.dumps([str(root) for root in roots]) if roots else None),
     ):
         if value is not None:
             os.environ[name] = str(value)
