@@ -19,17 +19,17 @@ import numpy as np
 from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.files import is_inside, read_regular_file
-from semstore.index import ADCIndex, IndexVersion
+from semstore.index import ADCIndex
 from semstore.ingest.images import content_hash, open_image
 from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
 from semstore.names import UnsafePathError
-from semstore.replica import catch_up
 from semstore.search import Classification, SearchHit, classify_codes, hits_from_rows
 from semstore.uploads import UPLOAD_SCHEME, UploadStore, discard, upload_uri
 from semstore.validation import check_filter, check_metadata
 
 if TYPE_CHECKING:
     from semstore.database import Database
+    from semstore.index_service import IndexService
     from semstore.distributed import RayIngestOptions
     from semstore.encoders import Encoder
 
@@ -95,9 +95,9 @@ class Collection:
         self.dim: int = record.dim
         self._codec: PQVAECodec | None = None
         self._codec_id: int | None = record.codec_id
-        self._index: ADCIndex | None = None
-        self._index_version: IndexVersion | None = None
-        self._lock = threading.RLock()
+        self._codec_lock = threading.Lock()
+        # Serialises this process's writers of the collection; searches never take it.
+        self._write_lock = threading.RLock()
 
     # -- components ----------------------------------------------------------------------
     @property
@@ -112,7 +112,18 @@ class Collection:
     @property
     def codec(self) -> PQVAECodec | None:
         """The collection's codec, or None until its first ingest trains one."""
-        with self._lock:
+        current = self.codec_and_id()
+        return current[0] if current is not None else None
+
+    def codec_and_id(self, expected_id: int | None = None) -> tuple[PQVAECodec, int] | None:
+        """The codec and its database id (read once, then cached), or None without one.
+
+        ``expected_id`` (the codec id just read from the database) re-reads a cached codec
+        that another process replaced.
+        """
+        with self._codec_lock:
+            if self._codec is not None and expected_id is not None and expected_id != self._codec_id:
+                self._codec = None
             if self._codec is None:
                 with self._db.sessions() as session:
                     record = storage.get_collection_by_id(session, collection_id=self.id)
@@ -120,32 +131,27 @@ class Collection:
                         return None
                     row = storage.get_codec(session, codec_id=record.codec_id)
                     self._codec, self._codec_id = PQVAECodec.from_bytes(row.weights), row.id
-            return self._codec
+            assert self._codec_id is not None
+            return self._codec, self._codec_id
+
+    @property
+    def index_service(self) -> IndexService:
+        """The service owning this collection's in-memory index (see :mod:`semstore.index_service`)."""
+        return self._db.index_service(self)
 
     @property
     def index(self) -> ADCIndex | None:
-        """The search index, in step with the database (rebuilt or reloaded when stale)."""
-        with self._lock:
-            codec = self.codec
-            if codec is None:
-                return None
-            state = self._state()
-            version = IndexVersion(codec.content_hash, state.count, state.max_id, state.revision)
-            if self._index is not None and self._index_version == version:
-                return self._index
-            if self._index is not None and self._index.codec.content_hash == codec.content_hash:
-                # Another process wrote: apply only the difference (see semstore.replica).
-                self._index_version = catch_up(self._index, sessions=self._db.sessions, collection_id=self.id).version
-                return self._index
-            directory = self._db.index_directory(self)
-            self._index, _rebuilt = ADCIndex.load_or_build(directory, codec, version, self._load_codes)
-            self._index_version = version
-            return self._index
+        """The search index, caught up with every committed write (None before a codec exists).
+
+        Checking freshness costs one read of the collection's revision; an ingest running
+        in another thread is never waited for.
+        """
+        return self.index_service.fresh()
 
     @property
     def loaded_index(self) -> ADCIndex | None:
         """The index if it is already in memory (never builds or loads one)."""
-        return self._index
+        return self.index_service.loaded
 
     # -- writing -------------------------------------------------------------------------
     def add(
@@ -164,20 +170,22 @@ class Collection:
         ``ValueError``) for metadata that cannot be stored, before reading any file.
         """
         metadata = check_metadata(metadata) if metadata is not None else None
-        with self._lock:
+        service = self.index_service
+        with self._write_lock:
             if ray is not None:
                 from semstore.distributed import ray_ingest
 
                 try:
                     return ray_ingest(self, sources, options=ray, metadata=metadata, progress=progress)
                 finally:
-                    self._codec = None  # the run may have attached a codec
-                    self._sync_after_write(save=True)
-            pipeline = self._pipeline(self.index)
-            try:
-                return pipeline.run(sources, metadata=metadata, progress=progress)
-            finally:
-                self._sync_after_write(save=True)
+                    self._forget_codec()  # the run may have attached a codec; its rows are foreign writes
+                    self._save_index()
+            pipeline = self._pipeline()
+            with service.writing():
+                try:
+                    return pipeline.run(sources, metadata=metadata, progress=progress)
+                finally:
+                    self._save_index()
 
     def add_images(
         self,
@@ -197,17 +205,16 @@ class Collection:
         metadata = check_metadata(metadata) if metadata is not None else None
         sources = [BytesSource(upload_uri(name, data), bytes(data)) for name, data in images]
         uploads = self.uploads
-        with self._lock, uploads.writing():
+        with self._write_lock, uploads.writing(), self.index_service.writing():
             created = uploads.keep((source.uri, source.data) for source in sources) if keep_originals else []
-            index = self.index
-            pipeline = self._pipeline(index)
+            pipeline = self._pipeline()
             try:
                 report = pipeline.run_bytes(sources, metadata=metadata, progress=False)
             except BaseException:
                 discard(created)
                 raise
             finally:
-                self._sync_after_write(save=True)
+                self._save_index()
             discard(self._unreferenced_uploads(created, report))
             return report
 
@@ -246,13 +253,12 @@ class Collection:
     def delete(self, ids: Sequence[int]) -> int:
         """Delete items by id (and the kept originals of uploaded ones); returns how many existed."""
         wanted = [int(i) for i in ids]
-        with self._lock:
+        service = self.index_service
+        with self._write_lock, service.writing():
             with storage.transaction(self._db.sessions) as session:
                 uris = [row.source_uri for row in storage.get_items(session, collection_id=self.id, ids=wanted)]
                 removed = storage.delete_items(session, collection_id=self.id, ids=wanted)
-            if self._index is not None:
-                self._index.remove(np.asarray(wanted, dtype=np.int64))
-            self._sync_after_write(save=False)
+            service.apply_removed(np.asarray(wanted, dtype=np.int64))
             uploads = self.uploads
             discard([path for path in map(uploads.path_for, uris) if path is not None])
         return removed
@@ -264,10 +270,13 @@ class Collection:
         result, cannot be stored.
         """
         metadata = check_metadata(metadata)
-        with storage.transaction(self._db.sessions) as session:
-            item = storage.update_item_metadata(
-                session, collection_id=self.id, item_id=item_id, metadata=dict(metadata), replace=replace
-            )
+        service = self.index_service
+        with service.writing():
+            with storage.transaction(self._db.sessions) as session:
+                item = storage.update_item_metadata(
+                    session, collection_id=self.id, item_id=item_id, metadata=dict(metadata), replace=replace
+                )
+            service.applied()  # metadata lives in the database only; filters read it there
             return dict(item.metadata_ or {})
 
     # -- reading -------------------------------------------------------------------------
@@ -442,8 +451,10 @@ class Collection:
         )
 
     # -- internals -----------------------------------------------------------------------
-    def _pipeline(self, index: ADCIndex | None) -> IngestPipeline:
+    def _pipeline(self) -> IngestPipeline:
         settings = self._db.settings
+        if self.codec is not None:
+            self.index  # noqa: B018 - load the index first, so this ingest's rows are applied in place
         return IngestPipeline(
             sessions=self._db.sessions,
             collection_id=self.id,
@@ -455,7 +466,7 @@ class Collection:
             bootstrap_size=settings.codec_bootstrap_size,
             max_pixels=settings.max_image_pixels,
             pixel_budget=self._db.pixel_budget,
-            on_items_added=self._index_added if index is not None else None,
+            on_items_added=self.index_service.apply_added,
             on_codec_trained=self._codec_trained,
         )
 
@@ -465,42 +476,18 @@ class Collection:
             raise QueryError(f"collection {self.name!r} has no items yet")
         return codec
 
-    def _state(self) -> storage.CollectionState:
-        with self._db.sessions() as session:
-            return storage.collection_state(session, collection_id=self.id)
-
-    def _load_codes(self) -> tuple[np.ndarray, np.ndarray]:
-        codec = self._require_codec()
-        with self._db.sessions() as session:
-            return storage.load_codes(
-                session, collection_id=self.id, num_subvectors=codec.num_subvectors, dtype=codec.code_dtype
-            )
-
-    def _index_added(self, ids: np.ndarray, codes: np.ndarray) -> None:
-        if self._index is not None:
-            self._index.add(ids, codes)
-
     def _codec_trained(self, codec: PQVAECodec, codec_id: int) -> None:
-        self._codec, self._codec_id = codec, codec_id
-        self._index = None
+        with self._codec_lock:
+            self._codec, self._codec_id = codec, codec_id
+        self.index_service.codec_changed()
 
-    def _sync_after_write(self, *, save: bool) -> None:
-        """Adopt the database's new version if the in-memory index already matches it.
+    def _forget_codec(self) -> None:
+        with self._codec_lock:
+            self._codec = None
+        self.index_service.codec_changed()
 
-        Items this process wrote were applied to the index incrementally; if anybody else
-        wrote meanwhile, the counts or ids disagree and the next access catches up.
-        """
-        codec = self.codec
-        if codec is None:
-            return
-        state = self._state()
-        index = self._index
-        if index is not None:
-            ids = index.ids()
-            top = int(ids.max()) if ids.size else 0
-            if len(index) == state.count and top == state.max_id:
-                self._index_version = IndexVersion(codec.content_hash, state.count, state.max_id, state.revision)
-        if save:
-            current = self.index
-            if current is not None:
-                current.save(self._db.index_directory(self), self._index_version)
+    def _save_index(self) -> None:
+        """After an ingest: have an index (built once after the codec was trained) and save it."""
+        if self.codec is not None:
+            self.index  # noqa: B018 - caught up too, should another process have written meanwhile
+        self.index_service.save()

@@ -10,11 +10,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
 from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.collection import Collection
 from semstore.config import Settings, get_settings
 from semstore.encoders import TINY_TEST_MODEL, Encoder, OpenClipEncoder
+from semstore.index_service import IndexService, revisions_of
 from semstore.ingest.budget import PixelBudget
 from semstore.names import UnsafePathError, check_collection_name, child_folder
 
@@ -51,6 +55,10 @@ class Database:
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()
         self.pixel_budget = PixelBudget(self.settings.max_decode_pixels)
+        self._services: dict[int, IndexService] = {}
+        # Tell each collection's index service which revisions this process committed itself.
+        event.listen(self.sessions, "after_commit", self._after_commit)
+        event.listen(self.sessions, "after_rollback", storage.forget_written_revisions)
 
     # -- collections -----------------------------------------------------------------------
     def create_collection(
@@ -101,8 +109,10 @@ class Database:
             cached = self._collections.get(name)
             with self.sessions() as session:
                 record = storage.get_collection(session, name=name)
-                if cached is not None and cached.id == record.id:
-                    return cached
+                if cached is not None and (cached.id, cached.model, cached.pretrained, cached.dim) == (
+                    record.id, record.model, record.pretrained, record.dim
+                ):
+                    return cached  # (a re-created collection may reuse an id on SQLite; its codec is re-read)
                 collection = Collection(self, record)
             self._collections[name] = collection
             return collection
@@ -131,6 +141,35 @@ class Database:
             shutil.rmtree(path, ignore_errors=True)
         with self._lock:
             self._collections.pop(name, None)
+            self._services.pop(doomed.id, None)
+
+    def index_service(self, collection: Collection) -> IndexService:
+        """The index service of a collection (one per collection id and database)."""
+        with self._lock:
+            service = self._services.get(collection.id)
+            if service is None:
+                service = IndexService(
+                    sessions=self.sessions,
+                    collection_id=collection.id,
+                    codec_source=collection.codec_and_id,
+                    directory=lambda: self._safe_index_directory(collection),
+                )
+                self._services[collection.id] = service
+            return service
+
+    def _safe_index_directory(self, collection: Collection) -> Path | None:
+        try:
+            return self.index_directory(collection)
+        except UnsafePathError:
+            return None
+
+    def _after_commit(self, session: Session) -> None:
+        written = revisions_of(session)
+        storage.forget_written_revisions(session)
+        for collection_id, revisions in written.items():
+            service = self._services.get(collection_id)
+            if service is not None:
+                service.committed(revisions)
 
     # -- components ------------------------------------------------------------------------
     def encoder(self, model: str, pretrained: str | None) -> Encoder:

@@ -59,7 +59,7 @@ def catch_up(index: ADCIndex, *, sessions: sessionmaker[Session], collection_id:
                 after_id=top,
                 up_to_id=state.max_id,
             )
-        index.add(new_ids, new_codes)
+        index.add(new_ids, new_codes, skip_present=True)
         added += len(new_ids)
     held = index.ids()
     full = len(held) != state.count or _id_sum(held) != state.id_sum % _SUM_MODULUS
@@ -88,5 +88,5 @@ def _add_rows(index: ADCIndex, sessions: sessionmaker[Session], collection_id: i
         codes = np.stack([np.frombuffer(row.codes, dtype=dtype) for row in rows]) if rows else None
     if codes is None:
         return 0
-    index.add(found, codes.astype(codec.code_dtype))
+    index.add(found, codes.astype(codec.code_dtype), skip_present=True)
     return len(found)

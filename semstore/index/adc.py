@@ -56,6 +56,9 @@ class ADCIndex:
         chosen = choose_layout(codec.codebook_size, layout)
         self._setup(codec, CodeStore(codec.codebook, codec.num_subvectors, chosen), fastscan_refine)
 
+    #: The version an index read by :meth:`load` was saved with (None for a new index).
+    saved_version: IndexVersion | None = None
+
     def _setup(self, codec: PQVAECodec, store: CodeStore, fastscan_refine: int) -> None:
         if fastscan_refine < 1:
             raise ValueError(f"fastscan_refine must be >= 1, got {fastscan_refine}")
@@ -131,18 +134,19 @@ class ADCIndex:
         )
 
     # -- mutation ------------------------------------------------------------------------
-    def add(self, ids: Any, codes: Any) -> None:
-        """Add items: ``ids`` (n,) int64 >= 0, ``codes`` (n, M) integers in [0, K).
+    def add(self, ids: Any, codes: Any, *, skip_present: bool = False) -> int:
+        """Add items: ``ids`` (n,) int64 >= 0, ``codes`` (n, M) integers in [0, K); returns how many.
 
         All or nothing: raises ValueError for invalid codes, ids repeated in the batch or
-        ids already in the index, and then adds none of them.
+        ids already in the index, and then adds none of them. With ``skip_present`` ids
+        already in the index are left out instead (applying a change twice is harmless).
         """
         id_array = as_id_array(ids)
         code_array = self._codec.validate_codes(codes) if len(id_array) else np.asarray(codes)
         if len(id_array) == 0:
             if np.size(code_array):
                 raise ValueError("got codes but no ids")
-            return
+            return 0
         if len(code_array) != len(id_array):
             raise ValueError(f"{len(id_array)} ids but {len(code_array)} code rows")
         if id_array.min() < 0:
@@ -151,13 +155,18 @@ class ADCIndex:
         if len(unique) != len(id_array):
             raise ValueError(f"{len(id_array) - len(unique)} ids are repeated within the batch")
         with self._lock.write():
-            present, _ = self._lookup.find(unique)
+            present, _ = self._lookup.find(id_array)
             if present.any():
-                sample = unique[present][:5].tolist()
-                raise ValueError(f"{int(present.sum())} ids are already in the index, e.g. {sample}")
+                if not skip_present:
+                    sample = id_array[present][:5].tolist()
+                    raise ValueError(f"{int(present.sum())} ids are already in the index, e.g. {sample}")
+                id_array, code_array = id_array[~present], code_array[~present]
+                if len(id_array) == 0:
+                    return 0
             start = self._store.ntotal
             self._store.append(id_array, code_array)
             self._lookup.appended(id_array, start)
+            return len(id_array)
 
     def remove(self, ids: Any) -> int:
         """Remove the items with these ids; unknown ids are ignored. Returns the count removed."""
@@ -310,7 +319,7 @@ class ADCIndex:
         Raises :class:`IndexNotFoundError`, :class:`IndexStaleError` (other codec, version or
         requested ``layout``) or :class:`IndexCorruptError`; never returns a wrong index.
         """
-        index, _version, config = read_index_dir(directory, codec.content_hash, expected)
+        index, version, config = read_index_dir(directory, codec.content_hash, expected)
         saved = config.get("layout")
         if saved not in LAYOUTS:
             raise IndexCorruptError(f"index in {directory} has an unknown layout {saved!r}")
@@ -322,6 +331,9 @@ class ADCIndex:
         ids = self._lookup.sorted_ids
         if self._lookup.has_duplicates() or (len(ids) and ids[0] < 0):
             raise IndexCorruptError(f"index in {directory} holds duplicate or negative ids")
+        if version.count != len(ids):
+            raise IndexCorruptError(f"index in {directory} holds {len(ids)} items, its config says {version.count}")
+        self.saved_version = version
         return self
 
     @classmethod

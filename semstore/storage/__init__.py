@@ -34,10 +34,12 @@ from semstore.storage.migrate import current_revision, head_revision, upgrade_he
 from semstore.storage.models import API_KEY_SCOPES, ApiKey, Base, Codec, Collection, Item
 from semstore.storage.repository import (
     CollectionFingerprint,
+    CollectionRevision,
     CollectionState,
     NewItem,
     add_items,
     collection_fingerprint,
+    collection_revision,
     collection_pixels,
     collection_state,
     collection_stats,
@@ -64,6 +66,8 @@ from semstore.storage.repository import (
     source_uris_by_hash,
     touch_api_key,
     update_item_metadata,
+    written_revisions,
+    forget_written_revisions,
 )
 
 __all__ = [
@@ -79,6 +83,7 @@ __all__ = [
     "CollectionExistsError",
     "CollectionFingerprint",
     "CollectionNotFoundError",
+    "CollectionRevision",
     "CollectionState",
     "CorruptCodesError",
     "DuplicateItemError",
@@ -89,6 +94,9 @@ __all__ = [
     "StorageError",
     "add_items",
     "collection_fingerprint",
+    "collection_revision",
+    "forget_written_revisions",
+    "written_revisions",
     "collection_pixels",
     "collection_state",
     "collection_stats",

@@ -98,12 +98,47 @@ def _is_unique_violation(exc: IntegrityError) -> bool:
     return "UNIQUE constraint failed" in str(exc.orig)
 
 
+#: ``session.info`` key of the ``(collection id, revision)`` pairs this session's transaction wrote.
+REVISIONS_WRITTEN = "semstore.revisions_written"
+
+
 def _bump_revision(session: Session, collection_id: int) -> None:
     result = session.execute(
         update(Collection).where(Collection.id == collection_id).values(revision=Collection.revision + 1)
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise CollectionNotFoundError(f"no collection with id {collection_id}")
+    # The row is now locked by this transaction, so this is exactly the revision it commits as;
+    # an in-process index service learns from it which revisions are its own writes.
+    revision = session.scalar(select(Collection.revision).where(Collection.id == collection_id))
+    session.info.setdefault(REVISIONS_WRITTEN, []).append((collection_id, int(revision or 0)))
+
+
+def written_revisions(session: Session) -> list[tuple[int, int]]:
+    """``(collection id, revision)`` of every revision bump of the session's transaction so far."""
+    return list(session.info.get(REVISIONS_WRITTEN, ()))
+
+
+def forget_written_revisions(session: Session) -> None:
+    """Clear the bumps recorded by :func:`written_revisions` (after a commit or rollback)."""
+    session.info.pop(REVISIONS_WRITTEN, None)
+
+
+class CollectionRevision(NamedTuple):
+    """A collection's change counter and current codec: what an index's freshness depends on."""
+
+    revision: int
+    codec_id: int | None
+
+
+def collection_revision(session: Session, *, collection_id: int) -> CollectionRevision:
+    """The revision and codec id of a collection: one primary-key lookup, whatever its size."""
+    row = session.execute(
+        select(Collection.revision, Collection.codec_id).where(Collection.id == collection_id)
+    ).one_or_none()
+    if row is None:
+        raise CollectionNotFoundError(f"no collection with id {collection_id}")
+    return CollectionRevision(int(row[0]), row[1])
 
 
 # --------------------------------------------------------------------------- collections

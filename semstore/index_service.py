@@ -1,0 +1,281 @@
+"""The index service of one collection: its in-memory index and the database revision it reflects.
+
+Every write bumps the collection's ``revision`` in the same transaction as its rows
+(:mod:`semstore.storage`), so an index is fresh exactly when the revision it reflects equals
+the stored one: :meth:`IndexService.fresh` reads that one counter (a primary-key lookup,
+whatever the collection's size) before every search. Three kinds of revisions are told apart:
+
+* **own, applied**: written by this process inside :meth:`IndexService.writing` and applied
+  to the index in place (:meth:`apply_added`, :meth:`apply_removed`, :meth:`applied`);
+* **own, in flight**: committed by such a writer that has not applied it yet (the few
+  moments between its commit and its index update). A search does not wait for it;
+* **foreign**: anything else (another process, another :class:`~semstore.Database`, a
+  write outside :meth:`writing`). Only then does a search catch up
+  (:func:`semstore.replica.catch_up`: fetch what changed, compare ids only when needed).
+
+Searches never wait for an ingest, an encode or a codec training: they take only the
+index's own read lock, and the short lock guarding this bookkeeping. Catch-ups and in-place
+applies are serialised among themselves and are idempotent, so a catch-up that already
+picked up an own write's rows makes the later apply a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from semstore import storage
+from semstore.codec import PQVAECodec
+from semstore.index import ADCIndex, IndexLoadError
+from semstore.replica import catch_up
+
+logger = logging.getLogger(__name__)
+
+CodecSource = Callable[[int | None], "tuple[PQVAECodec, int] | None"]
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """What :meth:`IndexService.describe` reports (e.g. for ``stats`` and metrics)."""
+
+    kind: str
+    items: int
+    revision: int | None
+    memory_bytes: int
+    bytes_per_item: float
+
+
+class IndexService:
+    """The search index of one collection, kept in step with the database.
+
+    ``codec_source(codec_id)`` returns the collection's ``(codec, codec id)`` for the codec id
+    just read from the database (None before the first ingest trained one); ``directory()`` where its index is saved (None: never
+    saved, e.g. a name that is no safe folder name).
+    """
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        collection_id: int,
+        codec_source: CodecSource,
+        directory: Callable[[], Path | None],
+    ) -> None:
+        self._sessions = sessions
+        self._collection_id = collection_id
+        self._codec_source = codec_source
+        self._directory = directory
+        self._index: ADCIndex | None = None
+        self._codec_id: int | None = None
+        self._revision = -1  # the revision the index reflects fully (-1: none yet)
+        self._applied: set[int] = set()  # own revisions above it, already applied
+        self._in_flight: set[int] = set()  # own revisions committed, not applied yet
+        self._state = threading.Lock()  # guards the fields above: held for microseconds
+        self._apply = threading.RLock()  # serialises builds, catch-ups and in-place applies
+        self._writer = threading.local()
+
+    # -- reading -------------------------------------------------------------------------
+    @property
+    def loaded(self) -> ADCIndex | None:
+        """The index if one is in memory (never builds, loads or checks freshness)."""
+        return self._index
+
+    @property
+    def revision(self) -> int:
+        """The database revision the in-memory index fully reflects (-1 before the first load)."""
+        with self._state:
+            return self._revision
+
+    def fresh(self) -> ADCIndex | None:
+        """The index, caught up with every write committed before this call; None without a codec.
+
+        One read of the collection's revision; the index is loaded, built or caught up only
+        when a write of another process (or a codec change) made that necessary.
+        """
+        with self._sessions() as session:
+            stored = storage.collection_revision(session, collection_id=self._collection_id)
+        with self._state:
+            index = self._index
+            if index is not None and stored.codec_id == self._codec_id and self._covers(stored.revision):
+                return index
+        if stored.codec_id is None:
+            return None
+        return self._refresh(stored)
+
+    def _covers(self, revision: int) -> bool:
+        """Whether every revision up to ``revision`` is reflected or an own write in flight (under ``_state``)."""
+        while self._revision + 1 in self._applied:
+            self._revision += 1
+            self._applied.discard(self._revision)
+        if revision <= self._revision:
+            return True
+        pending = self._applied | self._in_flight
+        return all(r in pending for r in range(self._revision + 1, revision + 1))
+
+    def _refresh(self, stored: storage.CollectionRevision) -> ADCIndex | None:
+        with self._apply:
+            with self._state:
+                if self._index is not None and stored.codec_id == self._codec_id and self._covers(stored.revision):
+                    return self._index  # another thread caught up meanwhile
+                index, same_codec = self._index, stored.codec_id == self._codec_id
+            if index is not None and same_codec:
+                done = catch_up(index, sessions=self._sessions, collection_id=self._collection_id)
+                self._settle(done.version.revision)
+                return index
+            return self._load(stored)
+
+    def _load(self, stored: storage.CollectionRevision) -> ADCIndex | None:
+        """Load the saved index (catching it up) or build one from the database (under ``_apply``)."""
+        current = self._codec_source(stored.codec_id)
+        if current is None:
+            return None
+        codec, codec_id = current
+        index = self._read_saved(codec)
+        if index is not None:
+            with self._state:
+                self._index, self._codec_id = index, codec_id
+                self._revision = index.saved_version.revision if index.saved_version else -1
+                self._applied.clear()
+            if index.saved_version is None or index.saved_version.revision != stored.revision:
+                done = catch_up(index, sessions=self._sessions, collection_id=self._collection_id)
+                self._settle(done.version.revision)
+                self.save()  # so the next start loads this state
+            return index
+        with self._sessions() as session:
+            # The revision first: rows committed after it are picked up by the next catch-up.
+            revision = storage.collection_revision(session, collection_id=self._collection_id).revision
+            ids, codes = storage.load_codes(
+                session, collection_id=self._collection_id, num_subvectors=codec.num_subvectors, dtype=codec.code_dtype
+            )
+        index = ADCIndex.build(codec, ids, codes)
+        with self._state:
+            self._index, self._codec_id, self._revision = index, codec_id, revision
+            self._applied.clear()
+        self.save()
+        return index
+
+    def _read_saved(self, codec: PQVAECodec) -> ADCIndex | None:
+        directory = self._directory()
+        if directory is None:
+            return None
+        try:
+            return ADCIndex.load(directory, codec)
+        except IndexLoadError as exc:
+            logger.info("collection %s: building the index (%s)", self._collection_id, exc)
+            return None
+
+    def _settle(self, revision: int) -> None:
+        with self._state:
+            if revision > self._revision:
+                self._revision = revision
+            self._applied = {r for r in self._applied if r > self._revision}
+
+    # -- own writes ----------------------------------------------------------------------
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Mark this thread's commits in the block as own writes that it applies in place.
+
+        A commit of the block that is not followed by an ``apply_*`` call before the block
+        ends counts as foreign (the next search catches up), so forgetting one is safe.
+        """
+        outer = getattr(self._writer, "pending", None)
+        self._writer.pending = [] if outer is None else outer
+        try:
+            yield
+        finally:
+            if outer is None:
+                unapplied = self._writer.pending
+                self._writer.pending = None
+                with self._state:
+                    self._in_flight.difference_update(unapplied)
+
+    def committed(self, revisions: list[int]) -> None:
+        """Called with the revisions a transaction of this process just committed."""
+        pending = getattr(self._writer, "pending", None)
+        if pending is None:
+            return  # not inside writing(): foreign, as far as the index is concerned
+        pending.extend(revisions)
+        with self._state:
+            self._in_flight.update(revisions)
+
+    def apply_added(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        """Add the rows this thread just committed to the index (if one is loaded)."""
+        self._apply_own(lambda index: index.add(ids, codes, skip_present=True))
+
+    def apply_removed(self, ids: np.ndarray) -> None:
+        """Remove the rows this thread just deleted from the index (if one is loaded)."""
+        self._apply_own(lambda index: index.remove(ids))
+
+    def applied(self) -> None:
+        """This thread's committed writes need no index change (e.g. metadata only)."""
+        self._apply_own(lambda index: None)
+
+    def _apply_own(self, change: Callable[[ADCIndex], object]) -> None:
+        pending = getattr(self._writer, "pending", None) or []
+        revisions, pending[:] = list(pending), []
+        with self._apply:
+            index = self._index
+            try:
+                if index is not None:
+                    change(index)
+            except Exception:
+                with self._state:
+                    self._in_flight.difference_update(revisions)  # now foreign: the next search catches up
+                raise
+            with self._state:
+                self._in_flight.difference_update(revisions)
+                if index is not None:
+                    self._applied.update(r for r in revisions if r > self._revision)
+
+    def codec_changed(self) -> None:
+        """The collection got a (new) codec: the next access builds an index for it."""
+        with self._apply, self._state:
+            self._index, self._codec_id, self._revision = None, None, -1
+            self._applied.clear()
+            self._in_flight.clear()
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self) -> Path | None:
+        """Save the index with the revision it fully reflects (nothing when none is loaded)."""
+        directory = self._directory()
+        with self._apply:
+            with self._state:
+                index = self._index
+                self._covers(self._revision)  # fold applied revisions into the prefix
+                revision = self._revision
+            if index is None or directory is None or revision < 0:
+                return None
+            version = index.current_version(revision)
+            return index.save(directory, version)
+
+    def describe(self) -> IndexState | None:
+        """Kind, size and memory of the loaded index (None when none is loaded)."""
+        index = self._index
+        if index is None:
+            return None
+        return IndexState(
+            kind=f"adc-{index.layout}",
+            items=len(index),
+            revision=self.revision,
+            memory_bytes=index.memory_bytes,
+            bytes_per_item=index.bytes_per_item,
+        )
+
+    def __repr__(self) -> str:
+        return f"IndexService(collection={self._collection_id}, revision={self._revision}, index={self._index!r})"
+
+
+def revisions_of(session: Session) -> dict[int, list[int]]:
+    """The revisions a session's transaction wrote, by collection id."""
+    found: dict[int, list[int]] = {}
+    for collection_id, revision in storage.written_revisions(session):
+        found.setdefault(collection_id, []).append(revision)
+    return found
+

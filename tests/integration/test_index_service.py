@@ -1,0 +1,180 @@
+"""The index service (issue #15): O(1) freshness, own writes applied in place, foreign writes
+caught up without a rebuild, searches that never wait for an ingest. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import event
+
+import semstore
+import semstore.index_service
+from semstore.config import Settings
+from semstore.encoders import TINY_TEST_MODEL, OpenClipEncoder
+from semstore.index import ADCIndex
+from tests.e2e.conftest import encode, make_image
+
+
+def _settings(tmp_path: Path, url: str, name: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / name, database_url=url, model=TINY_TEST_MODEL, pretrained=None,
+        codec_num_subvectors=8, batch_size=8, codec_bootstrap_size=32,
+    )  # fmt: skip
+
+
+def _images(start: int, count: int) -> list[tuple[str, bytes]]:
+    return [(f"img{i}.png", encode(make_image(i, size=48), "PNG")) for i in range(start, start + count)]
+
+
+@pytest.fixture
+def two_processes(db_url: str, tmp_path: Path) -> Iterator[tuple[semstore.Collection, semstore.Collection]]:
+    """A writer's and a replica's view of one collection (two Database objects: foreign to each other)."""
+    writer_db = semstore.connect(settings=_settings(tmp_path, db_url, "writer"))
+    writer = writer_db.create_collection("photos")
+    assert writer.add_images(_images(0, 40)).added == 40
+    replica_db = semstore.connect(settings=_settings(tmp_path, db_url, "replica"))
+    replica = replica_db.collection("photos")
+    assert len(replica.search_vector(writer.embed_query(text="x"), k=3)) == 3
+    yield writer, replica
+    writer_db.close()
+    replica_db.close()
+
+
+@contextmanager
+def statements(collection: semstore.Collection) -> Iterator[list[str]]:
+    """Every SQL statement the collection's database runs inside the block."""
+    seen: list[str] = []
+    engine = collection.database.engine
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        seen.append(" ".join(statement.split()).lower())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+@contextmanager
+def counted_catch_ups(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    calls: list[int] = []
+    real = semstore.index_service.catch_up
+
+    def counting(index, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append(len(index))
+        return real(index, **kwargs)
+
+    monkeypatch.setattr(semstore.index_service, "catch_up", counting)
+    yield calls
+
+
+def test_a_fresh_index_costs_one_revision_read(two_processes, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    writer, _ = two_processes
+    query = writer.embed_query(text="a shape")
+    writer.search_vector(query, k=5)
+    with statements(writer) as seen, counted_catch_ups(monkeypatch) as calls:
+        for _ in range(5):
+            assert len(writer.search_vector(query, k=5)) == 5
+    freshness = [s for s in seen if "from collections" in s]
+    assert len(freshness) == 5 and all("count(" not in s and "sum(" not in s and "max(" not in s for s in seen), seen
+    assert calls == []
+
+
+def test_own_writes_are_applied_in_place(two_processes, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    writer, _ = two_processes
+    index = writer.index
+    with counted_catch_ups(monkeypatch) as calls, statements(writer) as seen:
+        report = writer.add_images(_images(100, 5))
+        added = [item_id for _, item_id in report.added_items]
+        assert writer.index is index and len(index) == 45
+        assert writer.delete(added[:2]) == 2
+        writer.update_metadata(added[2], {"tag": "x"})
+        hits = writer.search_vector(writer.embed_query(text="x"), k=50)
+    assert calls == [] and writer.index is index and len(index) == 43
+    assert {hit.id for hit in hits} >= set(added[2:]) and not {hit.id for hit in hits} & set(added[:2])
+    assert not [s for s in seen if "sum(" in s or "count(" in s and "from items" in s], seen
+    assert writer.index_service.revision >= 0
+
+
+def test_foreign_writes_deletes_and_a_recreated_collection_are_seen(two_processes, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    writer, replica = two_processes
+    index = replica.index
+    builds: list[int] = []
+    real_build = ADCIndex.build.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(ADCIndex, "build", classmethod(lambda cls, *a, **k: builds.append(1) or real_build(cls, *a, **k)))
+    report = writer.add_images(_images(200, 6))
+    new_ids = [item_id for _, item_id in report.added_items]
+    query = writer.embed_query(image=_images(203, 1)[0][1])
+    assert replica.search_vector(query, k=1)[0].id == new_ids[3]  # the next search sees it
+    assert replica.index is index and len(index) == 46 and builds == []  # caught up, not rebuilt
+    writer.delete(new_ids)
+    assert new_ids[3] not in {hit.id for hit in replica.search_vector(query, k=46)}
+    assert len(replica.index) == 40 and builds == []
+    # Deleted and re-created elsewhere: a new collection (new id, new codec) under the same name.
+    writer.database.delete_collection("photos")
+    again = writer.database.create_collection("photos")
+    again.add_images(_images(300, 35))
+    reopened = replica.database.collection("photos")
+    assert reopened.id == again.id and len(reopened.index) == 35
+    if reopened is replica:  # SQLite reused the id: the same object now serves the new collection
+        assert replica.codec.content_hash == again.codec.content_hash  # type: ignore[union-attr]
+    else:
+        with pytest.raises(semstore.storage.CollectionNotFoundError):
+            replica.search_vector(query, k=1)  # the old object names a collection that is gone
+
+
+def test_a_search_does_not_wait_for_an_ingest(db_url: str, tmp_path: Path) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowEncoder(OpenClipEncoder):
+        """The tiny model, stopping inside its first image batch until released."""
+
+        def encode_images(self, images: Sequence) -> np.ndarray:  # noqa: ANN001
+            if release.is_set() is False and len(images) > 1:
+                entered.set()
+                release.wait(60)
+            return super().encode_images(images)
+
+    database = semstore.connect(
+        settings=_settings(tmp_path, db_url, "slow"), encoder_factory=lambda model, pretrained: SlowEncoder(model, pretrained)
+    )
+    photos = database.create_collection("photos")
+    release.set()
+    photos.add_images(_images(0, 40))
+    release.clear()
+    query = photos.embed_query(text="x")  # one text: never stops
+    worker = threading.Thread(target=lambda: photos.add_images(_images(400, 8)))
+    worker.start()
+    try:
+        assert entered.wait(30)
+        started = time.monotonic()
+        hits = photos.search_vector(query, k=5)
+        assert len(hits) == 5 and time.monotonic() - started < 5  # it did not wait for the ingest
+        assert photos.stats().items == 40
+    finally:
+        release.set()
+        worker.join(60)
+    assert len(photos.search_vector(query, k=50)) == 48
+    database.close()
+
+
+def test_a_saved_index_is_caught_up_after_a_restart(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = semstore.connect(settings=_settings(tmp_path, db_url, "one"))
+    photos = first.create_collection("photos")
+    photos.add_images(_images(0, 40))  # saved after the ingest
+    first.close()
+    other = semstore.connect(settings=_settings(tmp_path, db_url, "other"))
+    other.collection("photos").add_images(_images(500, 3))  # written while "one" was down
+    other.close()
+    builds: list[int] = []
+    real_build = ADCIndex.build.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(ADCIndex, "build", classmethod(lambda cls, *a, **k: builds.append(1) or real_build(cls, *a, **k)))
+    restarted = semstore.connect(settings=_settings(tmp_path, db_url, "one")).collection("photos")
+    assert len(restarted.index) == 43 and builds == []  # loaded from disk, then only the difference fetched
