@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 
 #: Candidates re-scored exactly (decoded, cosine) by default after the ADC pass.
 DEFAULT_RERANK = 100
+#: A filtered search first checks the best max(FACTOR * depth, MIN) ADC candidates against
+#: the filter, and widens that once, to at most MAX candidates, for a selective filter.
+POST_FILTER_FACTOR = 4
+POST_FILTER_MIN = 256
+POST_FILTER_MAX = 16_384
 
 
 class QueryError(ValueError):
@@ -387,17 +392,15 @@ class Collection:
         rerank: int | None = DEFAULT_RERANK,
     ) -> list[SearchHit]:
         """Search with a ready float query vector (1, dim)."""
+        checked = check_filter(where, max_keys=self._db.settings.max_filter_keys) if where else None
         index = self.index
         if index is None or len(index) == 0:
             return []
-        allowed = None
-        if where:
-            checked = check_filter(where, max_keys=self._db.settings.max_filter_keys)
-            with self._db.sessions() as session:
-                allowed = storage.filter_item_ids(session, collection_id=self.id, where=checked)
-            if allowed.size == 0:
-                return []
-        scores, ids = index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k, rerank=rerank, allowed_ids=allowed)
+        vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if checked:
+            scores, ids = self._filtered_search(index, vector, k, rerank, checked)
+        else:
+            scores, ids = index.search(vector, k, rerank=rerank)
         pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
         if min_score is not None:
             pairs = [(s, i) for s, i in pairs if s >= min_score]
@@ -409,6 +412,38 @@ class Collection:
         # An id deleted between search and lookup is dropped rather than returned dangling.
         kept = [(s, i) for s, i in pairs if i in by_id]
         return hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
+
+    def _filtered_search(
+        self, index: ADCIndex, vector: np.ndarray, k: int, rerank: int | None, where: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The search restricted to items matching ``where``, exact w.r.t. the filter.
+
+        Post-filter first: the best ADC candidates of the whole index are checked against
+        the filter (a lookup among those ids only). When at least ``depth`` of them match,
+        the best ``depth`` matching items are among them, so that is the exact answer. Else
+        the filter is selective: with a few matches seen, once more over proportionally
+        more candidates; with none, the matching ids are looked up by the metadata index
+        and only they are scored.
+        """
+        depth = k if rerank is None else max(int(rerank), k)
+        total = len(index)
+        probe = min(total, max(POST_FILTER_FACTOR * depth, POST_FILTER_MIN))
+        while True:
+            _, candidates = index.search(vector, probe)
+            candidates = candidates[0][candidates[0] >= 0]
+            with self._db.sessions() as session:
+                matching = storage.filter_item_ids(session, collection_id=self.id, where=where, among=candidates.tolist())
+            if len(matching) >= depth or probe >= total:
+                return index.search(vector, k, rerank=rerank, allowed_ids=matching)
+            wider = 0 if len(matching) == 0 else int(2 * depth * probe / len(matching))
+            if not 0 < wider <= POST_FILTER_MAX or probe >= POST_FILTER_MAX:
+                break
+            probe = min(total, wider)
+        with self._db.sessions() as session:
+            allowed = storage.filter_item_ids(session, collection_id=self.id, where=where)
+        if allowed.size == 0:
+            return np.full((1, k), -np.inf, dtype=np.float32), np.full((1, k), -1, dtype=np.int64)
+        return index.search(vector, k, rerank=rerank, allowed_ids=allowed)
 
     def classify(
         self, labels: Sequence[str], *, template: str = "a photo of a {}.", progress: bool = False

@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 CodesLoader = Callable[[], tuple[Any, Any]]
 
+#: Up to this many allowed items, a filtered search scores them by gathering look-up-table
+#: entries; above it their codes are copied into a temporary exact FAISS index.
+GATHER_SUBSET_MAX = 65_536
+
 
 class ADCIndex:
     """Item ids and their codes in a FAISS index over the codec's shared codebook.
@@ -243,10 +247,20 @@ class ADCIndex:
         return ids
 
     def _search_subset(self, sub: np.ndarray, depth: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # IndexPQ and IndexPQFastScan both refuse FAISS's IDSelector search parameters, so
-        # the allowed items' codes are copied into a small exact IndexPQ (in storage order).
         present, positions = self._lookup.find(allowed)
         positions = np.sort(positions[present])
+        nq = sub.shape[0]
+        if len(positions) <= GATHER_SUBSET_MAX:
+            # Few items: score them straight from the look-up tables (exact ADC, no copy).
+            grid = np.broadcast_to(positions, (nq, len(positions)))
+            scores, best = _top(self._exact_scores(sub, grid), np.array(grid), min(depth, len(positions)))
+            if best.shape[1] < depth:
+                pad = depth - best.shape[1]
+                scores = np.hstack([scores, np.full((nq, pad), -np.inf, dtype=scores.dtype)])
+                best = np.hstack([best, np.full((nq, pad), -1, dtype=np.int64)])
+            return scores, best
+        # IndexPQ and IndexPQFastScan both refuse FAISS's IDSelector search parameters, so
+        # many allowed items' codes are copied into an exact IndexPQ (in storage order).
         scores, local = search_padded(self._store.subset_index(positions), sub, depth)
         mapped = positions[np.maximum(local, 0)] if len(positions) else np.zeros_like(local)
         return scores, np.where(local >= 0, mapped, -1)

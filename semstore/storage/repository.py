@@ -16,11 +16,26 @@ from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, or_, select, type_coerce, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    MetaData,
+    Select,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    intersect,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.types import Float, Integer, String
+from sqlalchemy.types import Float, Integer, LargeBinary, String
 
 from semstore.storage.errors import (
     ApiKeyExistsError,
@@ -353,25 +368,48 @@ def update_item_metadata(
     return item
 
 
-def _sqlite_metadata_condition(key: str, value: MetadataValue) -> ColumnElement[bool]:
-    # json_each yields unescaped member names; a json_extract path would compare the stored,
-    # escaped text and miss keys with backslashes or non-ASCII characters (json.dumps escapes them).
-    # Its type column is what tells a boolean from a number (and a number from a numeric-looking string).
-    member = func.json_each(Item.metadata_).table_valued("key", "type", "value")
+#: The SQLite-only ``item_metadata`` postings table of migration 0003 (not an ORM model:
+#: PostgreSQL serves the same filters from a GIN index over ``items.metadata``).
+ITEM_METADATA = Table(
+    "item_metadata",
+    MetaData(),
+    Column("item_id", Integer),
+    Column("collection_id", Integer),
+    Column("key", Text),
+    Column("type", Text),
+    Column("value", LargeBinary()),  # BLOB affinity on SQLite: values keep their own types
+)
+
+
+def _sqlite_posting_ids(collection_id: int, key: str, value: MetadataValue, among: Sequence[int] | None) -> Select[Any]:
+    """Ids of items with ``key: value``, from the ``item_metadata`` postings (migration 0003).
+
+    json_each's ``type`` column, stored beside each value, is what tells a boolean from a
+    number and a number from a numeric-looking string.
+    """
+    column = ITEM_METADATA.c
+    conditions: list[ColumnElement[bool]] = [column.collection_id == collection_id, column.key == key]
     if isinstance(value, bool):
-        matches = member.c.type == ("true" if value else "false")
+        conditions += [column.value == type_coerce(int(value), Integer), column.type == ("true" if value else "false")]
     elif isinstance(value, str):
-        matches = and_(member.c.type == "text", type_coerce(member.c.value, String) == value)
+        conditions += [column.value == type_coerce(value, String), column.type == "text"]
     else:
-        number_type = Float if isinstance(value, float) else Integer
-        matches = and_(or_(member.c.type == "integer", member.c.type == "real"), type_coerce(member.c.value, number_type) == value)
-    return exists().where(member.c.key == key, matches)
+        number = type_coerce(value, Float if isinstance(value, float) else Integer)
+        conditions += [column.value == number, column.type.in_(("integer", "real"))]
+    if among is not None:
+        conditions.append(column.item_id.in_(list(among)))
+    return select(column.item_id).where(*conditions)
 
 
-def filter_item_ids(session: Session, *, collection_id: int, where: Mapping[str, MetadataValue]) -> np.ndarray:
+def filter_item_ids(
+    session: Session, *, collection_id: int, where: Mapping[str, MetadataValue], among: Sequence[int] | None = None
+) -> np.ndarray:
     """Ids (int64, ascending) of the collection's items whose metadata has every ``key: value``.
 
     Types matter: ``"1"``, ``1`` and ``true`` are different values; ``1`` and ``1.0`` are equal.
+    Served by an index (PostgreSQL: GIN over the metadata; SQLite: the ``item_metadata``
+    postings), so a filter that matches few items costs little whatever the collection's
+    size. ``among`` restricts the answer to those candidate ids.
     """
     for key, value in where.items():
         if not isinstance(key, str):
@@ -380,18 +418,21 @@ def filter_item_ids(session: Session, *, collection_id: int, where: Mapping[str,
             raise TypeError(f"metadata filter values are str, int, float or bool, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"metadata filter value for {key!r} must be finite")
-    conditions: list[ColumnElement[bool]] = [Item.collection_id == collection_id]
+    if among is not None and len(among) == 0:
+        return np.empty(0, dtype=np.int64)
     dialect = _dialect(session)
+    if dialect == "sqlite" and where:
+        selects = [_sqlite_posting_ids(collection_id, key, value, among) for key, value in where.items()]
+        query = selects[0] if len(selects) == 1 else select(intersect(*selects).subquery().c.item_id)
+        return np.unique(np.asarray(session.scalars(query).all(), dtype=np.int64))  # sorted, as documented
+    conditions: list[ColumnElement[bool]] = [Item.collection_id == collection_id]
+    if among is not None:
+        conditions.append(Item.id.in_(list(among)))
     if dialect == "postgresql":
         if where:
-            # JSONB containment compares JSON values by type: "1", 1 and true differ, 1 == 1.0.
+            # JSONB containment (served by the GIN index) compares JSON values by type: "1", 1 and true differ, 1 == 1.0.
             conditions.append(type_coerce(Item.metadata_, JSONB).contains(dict(where)))
-    elif dialect == "sqlite":
-        for key, value in where.items():
-            if '"' in key:
-                raise ValueError(f"metadata keys used in filters cannot contain '\"': {key!r}")
-            conditions.append(_sqlite_metadata_condition(key, value))
-    else:
+    elif dialect != "sqlite":
         raise StorageError(f"metadata filters are not implemented for {dialect}")
     ids = session.scalars(select(Item.id).where(*conditions).order_by(Item.id)).all()
     return np.asarray(ids, dtype=np.int64)

@@ -1,0 +1,131 @@
+"""Filtered search (issue #15): exact with respect to the filter at every selectivity, served
+by the metadata index (no scan of every item's metadata), kept in step on update and delete.
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import event
+
+import semstore
+from semstore import storage
+from semstore.codec import PQVAECodec
+from semstore.config import Settings
+from semstore.encoders import TINY_TEST_MODEL
+from tests.e2e.conftest import encode, make_image
+
+COUNT = 200
+
+
+def _settings(root: Path, url: str) -> Settings:
+    return Settings(
+        data_dir=root / "data", database_url=url, model=TINY_TEST_MODEL, pretrained=None,
+        codec_num_subvectors=8, batch_size=32, codec_bootstrap_size=64,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def codec(tmp_path_factory: pytest.TempPathFactory) -> PQVAECodec:
+    """One codec trained once for the module (training is not what these tests are about)."""
+    root = tmp_path_factory.mktemp("codec")
+    trainer = semstore.connect(settings=_settings(root, f"sqlite:///{root / 'c.db'}")).create_collection("c")
+    trainer.add_images([(f"{i}.png", encode(make_image(5000 + i, size=40), "PNG")) for i in range(64)])
+    assert trainer.codec is not None
+    return trainer.codec
+
+
+@pytest.fixture
+def photos(db_url: str, tmp_path: Path, codec: PQVAECodec) -> semstore.Collection:
+    collection = semstore.connect(settings=_settings(tmp_path, db_url)).create_collection("photos", codec=codec)
+    report = collection.add_images([(f"{i}.png", encode(make_image(i, size=40), "PNG")) for i in range(COUNT)])
+    assert report.added == COUNT
+    with storage.transaction(collection.database.sessions) as session:  # each item its own metadata, one commit
+        for uri, item_id in report.added_items:
+            i = int(uri.rsplit("/", 1)[1].removesuffix(".png"))
+            meta = {"half": i % 2, "tag": f"t{i % 100}", "rare": i == 7, "score": i / 10, "nested": {"x": 1}}
+            storage.update_item_metadata(session, collection_id=collection.id, item_id=item_id, metadata=meta)
+    return collection
+
+
+def _brute_force(collection: semstore.Collection, query: np.ndarray, allowed: np.ndarray, k: int, rerank: int | None) -> np.ndarray:
+    """The scores the search must return: the best allowed items by ADC, re-ranked by cosine."""
+    if allowed.size == 0:
+        return np.empty(0)
+    codec = collection.codec
+    assert codec is not None and collection.index is not None
+    adc = codec.decode(collection.index.codes_for(allowed), normalize=False) @ query[0]
+    if rerank is None:
+        return np.sort(adc)[::-1][:k]
+    best = allowed[np.argsort(-adc, kind="stable")[: max(rerank, k)]]
+    cosine = codec.decode(collection.index.codes_for(best), normalize=True) @ (query[0] / np.linalg.norm(query[0]))
+    return np.sort(cosine)[::-1][:k]
+
+
+def _ids_with(collection: semstore.Collection, predicate) -> np.ndarray:  # noqa: ANN001
+    ids = np.sort(collection.index.ids())  # type: ignore[union-attr]
+    return np.asarray([i for i in ids if predicate(collection.get(int(i)).metadata)], dtype=np.int64)
+
+
+@pytest.mark.parametrize(
+    ("where", "predicate"),
+    [
+        ({"half": 1}, lambda m: m.get("half") == 1),  # 50 %
+        ({"tag": "t3"}, lambda m: m.get("tag") == "t3"),  # 1 %
+        ({"rare": True}, lambda m: m.get("rare") is True),  # one item
+        ({"half": 0, "tag": "t4"}, lambda m: m.get("half") == 0 and m.get("tag") == "t4"),
+        ({"tag": "nobody"}, lambda m: False),  # 0 %
+        ({"score": 0.5}, lambda m: m.get("score") == 0.5),
+        ({"half": True}, lambda m: False),  # a boolean never equals the number 1
+    ],
+)
+def test_filtered_results_equal_brute_force(photos: semstore.Collection, where: dict, predicate) -> None:  # noqa: ANN001
+    allowed = _ids_with(photos, predicate)
+    checked = 0
+    for seed in range(2):
+        query = photos.embed_query(image=encode(make_image(1000 + seed, size=40), "PNG"))
+        for k, rerank in ((5, 100), (10, None), (50, 20)):
+            hits = photos.search_vector(query, k=k, where=where, rerank=rerank)
+            assert set(hit.id for hit in hits) <= set(allowed.tolist()), where  # exact w.r.t. the filter
+            expected = _brute_force(photos, query, allowed, k, rerank)
+            # Same scores as brute force (float32 sums may order near-ties differently).
+            np.testing.assert_allclose([hit.score for hit in hits], expected, atol=2e-5, err_msg=str((where, k, rerank)))
+            checked += len(hits)
+    assert checked == 2 * sum(min(k, len(allowed)) for k in (5, 10, 50))
+
+
+def test_a_selective_filter_reads_the_metadata_index_not_every_row(photos: semstore.Collection) -> None:
+    query = photos.embed_query(text="x")
+    photos.search_vector(query, k=5)
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        seen.append(" ".join(statement.split()).lower())
+
+    engine = photos.database.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert [hit.id for hit in photos.search_vector(query, k=5, where={"rare": True})] == _ids_with(photos, lambda m: m.get("rare") is True).tolist()
+        assert photos.search_vector(query, k=5, where={"tag": "nobody"}) == []
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    filters = [s for s in seen if "item_metadata" in s or "@>" in s]
+    assert filters, seen
+    assert not [s for s in seen if "json_each" in s], seen  # no per-row JSON scan on SQLite
+
+
+def test_the_metadata_index_follows_updates_and_deletes(photos: semstore.Collection) -> None:
+    query = photos.embed_query(text="x")
+    (first,) = _ids_with(photos, lambda m: m.get("rare") is True)
+    photos.update_metadata(int(first), {"rare": False, "new": "yes"})
+    assert photos.search_vector(query, k=5, where={"rare": True}) == []
+    assert [hit.id for hit in photos.search_vector(query, k=5, where={"new": "yes"})] == [first]
+    photos.update_metadata(int(first), {"only": 1}, replace=True)
+    assert photos.search_vector(query, k=5, where={"new": "yes"}) == []
+    assert [hit.id for hit in photos.search_vector(query, k=5, where={"only": 1})] == [first]
+    photos.delete([int(first)])
+    assert photos.search_vector(query, k=5, where={"only": 1}) == []
+    others = photos.search_vector(query, k=300, where={"half": 1})
+    assert len(others) == COUNT // 2 - 1 and first not in {hit.id for hit in others}  # item 7 had half = 1
