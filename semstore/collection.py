@@ -79,6 +79,9 @@ class CollectionStats:
     dim: int
     codec_hash: str | None
     codec_config: dict[str, Any] | None
+    #: The in-memory index, when one is loaded: its kind and RAM per item (codes + ids).
+    index_kind: str | None = None
+    index_bytes_per_item: float | None = None
 
 
 class Collection:
@@ -465,8 +468,10 @@ class Collection:
         return classify_codes(codec, clean, prompts, ids, index.codes_for(ids))
 
     def stats(self) -> CollectionStats:
-        """Items, bytes of codes per item, bits per vector and per source pixel, codec config."""
+        """Items, bytes of codes per item, bits per vector and per source pixel, codec config,
+        and the loaded index's kind and RAM per item (never loads one)."""
         codec = self.codec
+        described = self.index_service.describe()
         with self._db.sessions() as session:
             count, code_bytes = storage.collection_stats(session, collection_id=self.id)
             pixels = storage.collection_pixels(session, collection_id=self.id)
@@ -483,6 +488,8 @@ class Collection:
             dim=self.dim,
             codec_hash=codec.content_hash if codec else None,
             codec_config=codec.config.to_dict() if codec else None,
+            index_kind=described.kind if described else None,
+            index_bytes_per_item=round(described.bytes_per_item, 3) if described else None,
         )
 
     # -- internals -----------------------------------------------------------------------

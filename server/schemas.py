@@ -107,6 +107,8 @@ class CollectionOut(BaseModel):
     dim: int
     codec_hash: str | None
     codec_config: dict[str, Any] | None
+    index_kind: str | None = Field(default=None, description="The loaded in-memory index, e.g. adc-pq (exhaustive ADC).")
+    index_bytes_per_item: float | None = Field(default=None, description="RAM of the loaded index per item (codes + ids).")
 
 
 class CollectionList(BaseModel):

@@ -58,6 +58,7 @@ def test_collection_stats(photos: Photos) -> None:
     assert stats["bytes_per_item"] == 8  # bits per vector / 8: only the codes are stored
     assert stats["codec_config"]["num_subvectors"] == 8
     assert stats["dim"] == 64 and stats["model"] == "semstore-tiny-test"
+    assert stats["index_kind"] == "adc-pq" and stats["index_bytes_per_item"] >= 8 + 8  # codes + id
 
 
 def test_upload_reports_each_file(photos: Photos) -> None:

@@ -230,9 +230,11 @@ def test_stats_json(workspace: Workspace, ingested: Result) -> None:
     assert stats["bits_per_pixel"] > 0
     assert stats["model"] == TINY and len(stats["codec_hash"]) == 64
     assert stats["codec_config"]["num_subvectors"] == 4
+    # K = 16: the 4-bit fast-scan layout; RAM = 4 half-bytes of codes + an 8-byte id per item.
+    assert stats["index_kind"] == "adc-fastscan" and stats["index_bytes_per_item"] > 8
 
     table = workspace.run("stats")
-    assert table.exit_code == 0 and "bits per vector" in table.stdout
+    assert table.exit_code == 0 and "bits per vector" in table.stdout and "index RAM per item" in table.stdout
 
 
 def test_collections_lists_counts(workspace: Workspace, ingested: Result) -> None:

@@ -83,7 +83,9 @@ def stats(
     """Items, bytes of codes per item, bits per vector and per pixel, codec and model."""
     settings = build_settings(db=db, data_dir=data_dir)
     with open_database(settings) as database:
-        figures = database.collection(collection).stats()
+        opened = database.collection(collection)
+        _ = opened.index  # loaded (or built) so its kind and RAM per item are reported
+        figures = opened.stats()
     if json_output:
         echo_json(dataclasses.asdict(figures))
         return
@@ -98,6 +100,8 @@ def stats(
         ("dimensions", figures.dim),
         ("codec", figures.codec_hash or "none yet (trained on the first ingest)"),
         ("codec config", compact(figures.codec_config)),
+        ("index", figures.index_kind or "none (no codec yet)"),
+        ("index RAM per item", f"{figures.index_bytes_per_item:g} B" if figures.index_bytes_per_item is not None else "-"),
     ]
     print_table(None, ["", "value"], rows)
 
