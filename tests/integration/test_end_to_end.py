@@ -51,16 +51,18 @@ def draw_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+def tiny_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """Settings for these tests: the tiny model, 8 x 8-bit codes, data under ``tmp_path``."""
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data", "model": TINY_TEST_MODEL, "pretrained": None,
+        "batch_size": 16, "codec_num_subvectors": 8, "codec_codebook_size": 256,
+    }  # fmt: skip
+    return Settings(**(values | overrides))  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        model=TINY_TEST_MODEL,
-        pretrained=None,
-        batch_size=16,
-        codec_num_subvectors=8,
-        codec_codebook_size=256,
-    )
+    return tiny_settings(tmp_path)
 
 
 def test_ingest_search_dedup_and_bad_files(db_url: str, settings: Settings, tmp_path: Path) -> None:

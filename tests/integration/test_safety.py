@@ -14,20 +14,12 @@ from semstore import storage
 from semstore.config import Settings
 from semstore.encoders import TINY_TEST_MODEL, ModelNotAllowedError, ModelPolicy, OpenClipEncoder
 from semstore.names import InvalidNameError
-from tests.integration.test_end_to_end import draw_images
+from tests.integration.test_end_to_end import draw_images, tiny_settings
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        model=TINY_TEST_MODEL,
-        pretrained=None,
-        batch_size=16,
-        codec_num_subvectors=8,
-        codec_codebook_size=256,
-        codec_bootstrap_size=64,
-    )
+    return tiny_settings(tmp_path, codec_bootstrap_size=64)
 
 
 def _tree(root: Path) -> set[str]:
