@@ -524,9 +524,9 @@ class Collection:
         self.index_service.codec_changed()
 
     def _forget_codec(self) -> None:
+        """Re-read the codec on next use (the service rebuilds only if its id changed)."""
         with self._codec_lock:
             self._codec = None
-        self.index_service.codec_changed()
 
     def _save_index(self) -> None:
         """After an ingest: have an index (built once after the codec was trained) and save it."""

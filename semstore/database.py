@@ -210,7 +210,14 @@ class Database:
         return child_folder(self.settings.data_dir.expanduser() / "indexes", f"{database_key}-{collection.id}-{collection.name}")
 
     def close(self) -> None:
-        """Release database connections."""
+        """Save every index with unsaved changes, then release database connections."""
+        with self._lock:
+            services = list(self._services.values())
+        for service in services:
+            try:
+                service.save(force=True)
+            except Exception as exc:  # noqa: BLE001 - a failed save only costs a catch-up at the next start
+                logger.warning("could not save an index on close: %s", exc)
         self.engine.dispose()
 
     def __enter__(self) -> "Database":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,13 @@ from semstore.index import ADCIndex, IndexLoadError
 from semstore.replica import catch_up
 
 logger = logging.getLogger(__name__)
+
+#: An index is saved after a write once this many items changed since its last save ...
+SAVE_MIN_CHANGES = 10_000
+#: ... or this fraction of its items (whichever is fewer) ...
+SAVE_MIN_FRACTION = 0.01
+#: ... or this long after the last save.
+SAVE_MAX_AGE_SECONDS = 300.0
 
 CodecSource = Callable[[int | None], "tuple[PQVAECodec, int] | None"]
 
@@ -77,6 +85,9 @@ class IndexService:
         self._revision = -1  # the revision the index reflects fully (-1: none yet)
         self._applied: set[int] = set()  # own revisions above it, already applied
         self._in_flight: set[int] = set()  # own revisions committed, not applied yet
+        self._unsaved = 0  # items added or removed since the last save (or load)
+        self._saved_revision = -1  # the revision of the index file, as far as this process knows
+        self._saved_at = time.monotonic()
         self._state = threading.Lock()  # guards the fields above: held for microseconds
         self._apply = threading.RLock()  # serialises builds, catch-ups and in-place applies
         self._writer = threading.local()
@@ -128,6 +139,8 @@ class IndexService:
             if index is not None and same_codec:
                 done = catch_up(index, sessions=self._sessions, collection_id=self._collection_id)
                 self._settle(done.version.revision)
+                with self._state:
+                    self._unsaved += done.added + done.removed
                 return index
             return self._load(stored)
 
@@ -142,11 +155,12 @@ class IndexService:
             with self._state:
                 self._index, self._codec_id = index, codec_id
                 self._revision = index.saved_version.revision if index.saved_version else -1
+                self._saved_revision = self._revision
                 self._applied.clear()
             if index.saved_version is None or index.saved_version.revision != stored.revision:
                 done = catch_up(index, sessions=self._sessions, collection_id=self._collection_id)
                 self._settle(done.version.revision)
-                self.save()  # so the next start loads this state
+                self.save(force=True)  # so the next start loads this state
             return index
         with self._sessions() as session:
             # The revision first: rows committed after it are picked up by the next catch-up.
@@ -158,7 +172,7 @@ class IndexService:
         with self._state:
             self._index, self._codec_id, self._revision = index, codec_id, revision
             self._applied.clear()
-        self.save()
+        self.save(force=True)
         return index
 
     def _read_saved(self, codec: PQVAECodec) -> ADCIndex | None:
@@ -213,6 +227,7 @@ class IndexService:
         """Remove the rows this thread just deleted from the index (if one is loaded)."""
         self._apply_own(lambda index: index.remove(ids))
 
+
     def applied(self) -> None:
         """This thread's committed writes need no index change (e.g. metadata only)."""
         self._apply_own(lambda index: None)
@@ -223,8 +238,7 @@ class IndexService:
         with self._apply:
             index = self._index
             try:
-                if index is not None:
-                    change(index)
+                changed = change(index) if index is not None else None
             except Exception:
                 with self._state:
                     self._in_flight.difference_update(revisions)  # now foreign: the next search catches up
@@ -233,27 +247,40 @@ class IndexService:
                 self._in_flight.difference_update(revisions)
                 if index is not None:
                     self._applied.update(r for r in revisions if r > self._revision)
+                    self._unsaved += int(changed or 0)
 
     def codec_changed(self) -> None:
         """The collection got a (new) codec: the next access builds an index for it."""
         with self._apply, self._state:
-            self._index, self._codec_id, self._revision = None, None, -1
+            self._index, self._codec_id, self._revision, self._saved_revision = None, None, -1, -1
             self._applied.clear()
             self._in_flight.clear()
 
     # -- persistence ---------------------------------------------------------------------
-    def save(self) -> Path | None:
-        """Save the index with the revision it fully reflects (nothing when none is loaded)."""
+    def save(self, *, force: bool = False) -> Path | None:
+        """Save the index with the revision it fully reflects; returns the file, None if not saved.
+
+        Without ``force`` only when it is worth it: at least :data:`SAVE_MIN_CHANGES` items (or
+        :data:`SAVE_MIN_FRACTION` of them) changed, or :data:`SAVE_MAX_AGE_SECONDS` passed,
+        since the last save. A saved index that is behind costs only a catch-up when loaded,
+        so an upload of a few images does not rewrite a 10^6-item index.
+        """
         directory = self._directory()
         with self._apply:
             with self._state:
                 index = self._index
                 self._covers(self._revision)  # fold applied revisions into the prefix
-                revision = self._revision
+                revision, unsaved, age = self._revision, self._unsaved, time.monotonic() - self._saved_at
             if index is None or directory is None or revision < 0:
                 return None
-            version = index.current_version(revision)
-            return index.save(directory, version)
+            worth = unsaved >= min(SAVE_MIN_CHANGES, max(1, int(SAVE_MIN_FRACTION * len(index)))) or age >= SAVE_MAX_AGE_SECONDS
+            if revision == self._saved_revision or not (force or worth):
+                return None
+            path = index.save(directory, index.current_version(revision))
+            with self._state:
+                self._unsaved, self._saved_at = max(0, self._unsaved - unsaved), time.monotonic()
+                self._saved_revision = revision
+            return path
 
     def describe(self) -> IndexState | None:
         """Kind, size and memory of the loaded index (None when none is loaded)."""

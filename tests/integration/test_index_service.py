@@ -178,3 +178,22 @@ def test_a_saved_index_is_caught_up_after_a_restart(db_url: str, tmp_path: Path,
     monkeypatch.setattr(ADCIndex, "build", classmethod(lambda cls, *a, **k: builds.append(1) or real_build(cls, *a, **k)))
     restarted = semstore.connect(settings=_settings(tmp_path, db_url, "one")).collection("photos")
     assert len(restarted.index) == 43 and builds == []  # loaded from disk, then only the difference fetched
+
+
+def test_small_writes_do_not_rewrite_the_index_file_until_close(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(semstore.index_service, "SAVE_MIN_CHANGES", 10)
+    database = semstore.connect(settings=_settings(tmp_path, db_url, "saves"))
+    photos = database.create_collection("photos")
+    photos.add_images(_images(0, 40))
+    directory = database.index_directory(photos)
+    saved = {path.name: path.stat().st_mtime_ns for path in directory.iterdir()}
+    assert any(name.endswith(".faiss") for name in saved)
+    monkeypatch.setattr(semstore.index_service, "SAVE_MIN_FRACTION", 0.5)  # now 10 changes are needed
+    before = {path.name: path.stat().st_mtime_ns for path in directory.iterdir()}
+    photos.add_images(_images(800, 2))
+    assert {path.name: path.stat().st_mtime_ns for path in directory.iterdir()} == before  # not rewritten
+    database.close()  # saves what is unsaved
+    reopened = semstore.connect(settings=_settings(tmp_path, db_url, "saves")).collection("photos")
+    with counted_catch_ups(monkeypatch) as calls:
+        assert len(reopened.index) == 42
+    assert calls == []  # the file saved on close was current: no catch-up needed
