@@ -19,7 +19,6 @@ import numpy as np
 from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.files import is_inside, read_regular_file
-from semstore.index import ADCIndex
 from semstore.ingest.images import content_hash, open_image
 from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
 from semstore.names import UnsafePathError
@@ -29,7 +28,7 @@ from semstore.validation import check_filter, check_metadata
 
 if TYPE_CHECKING:
     from semstore.database import Database
-    from semstore.index_service import IndexService
+    from semstore.index_service import IndexService, SearchIndex
     from semstore.distributed import RayIngestOptions
     from semstore.encoders import Encoder
 
@@ -82,6 +81,8 @@ class CollectionStats:
     #: The in-memory index, when one is loaded: its kind and RAM per item (codes + ids).
     index_kind: str | None = None
     index_bytes_per_item: float | None = None
+    index_nlist: int | None = None
+    index_nprobe: int | None = None
 
 
 class Collection:
@@ -148,7 +149,7 @@ class Collection:
         return self._db.index_service(self)
 
     @property
-    def index(self) -> ADCIndex | None:
+    def index(self) -> SearchIndex | None:
         """The search index, caught up with every committed write (None before a codec exists).
 
         Checking freshness costs one read of the collection's revision; an ingest running
@@ -157,7 +158,7 @@ class Collection:
         return self.index_service.fresh()
 
     @property
-    def loaded_index(self) -> ADCIndex | None:
+    def loaded_index(self) -> SearchIndex | None:
         """The index if it is already in memory (never builds or loads one)."""
         return self.index_service.loaded
 
@@ -417,7 +418,7 @@ class Collection:
         return hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
 
     def _filtered_search(
-        self, index: ADCIndex, vector: np.ndarray, k: int, rerank: int | None, where: dict[str, Any]
+        self, index: SearchIndex, vector: np.ndarray, k: int, rerank: int | None, where: dict[str, Any]
     ) -> tuple[np.ndarray, np.ndarray]:
         """The search restricted to items matching ``where``, exact w.r.t. the filter.
 
@@ -490,6 +491,8 @@ class Collection:
             codec_config=codec.config.to_dict() if codec else None,
             index_kind=described.kind if described else None,
             index_bytes_per_item=round(described.bytes_per_item, 3) if described else None,
+            index_nlist=described.nlist if described else None,
+            index_nprobe=described.nprobe if described else None,
         )
 
     # -- internals -----------------------------------------------------------------------
@@ -532,4 +535,5 @@ class Collection:
         """After an ingest: have an index (built once after the codec was trained) and save it."""
         if self.codec is not None:
             self.index  # noqa: B018 - caught up too, should another process have written meanwhile
-        self.index_service.save()
+        if not self.index_service.migrate_if_needed():  # a switch of index kind saves by itself
+            self.index_service.save()

@@ -8,6 +8,7 @@ component needs configuration.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,18 @@ class Settings(BaseSettings):
         ),
     )
     max_loaded_encoders: int = Field(default=2, ge=1, description="Encoders (CLIP models) kept loaded; the least recently used is released.")
+
+    # -- index ---------------------------------------------------------------------------------
+    index_kind: Literal["auto", "exhaustive", "ivf"] = Field(
+        default="auto",
+        description=(
+            "The in-memory index: 'exhaustive' ADC, 'ivf' (inverted lists; codebooks above 16 codewords), or 'auto': "
+            "IVF from ivf_min_items items on (back to exhaustive below half of that)."
+        ),
+    )
+    ivf_min_items: int = Field(default=1_000_000, ge=1, description="With index_kind auto, collections this large use the IVF index.")
+    ivf_nlist: int | None = Field(default=None, ge=1, description="Lists of a new IVF index (default: about sqrt of the item count).")
+    ivf_nprobe: int = Field(default=32, ge=1, description="Lists an IVF search scans (more: higher recall, slower).")
 
     # -- HTTP server -------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface the HTTP server listens on.")

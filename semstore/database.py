@@ -18,7 +18,7 @@ from semstore.codec import PQVAECodec
 from semstore.collection import Collection
 from semstore.config import Settings, get_settings
 from semstore.encoders import TINY_TEST_MODEL, Encoder, OpenClipEncoder
-from semstore.index_service import IndexService, revisions_of
+from semstore.index_service import IndexPolicy, IndexService, revisions_of
 from semstore.ingest.budget import PixelBudget
 from semstore.names import UnsafePathError, check_collection_name, child_folder
 
@@ -153,6 +153,7 @@ class Database:
                     collection_id=collection.id,
                     codec_source=collection.codec_and_id,
                     directory=lambda: self._safe_index_directory(collection),
+                    policy=IndexPolicy.from_settings(self.settings),
                 )
                 self._services[collection.id] = service
             return service

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,7 +36,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.index import ADCIndex, IndexLoadError
+from semstore.index.ivf_index import DEFAULT_NPROBE, IVFIndex
 from semstore.replica import catch_up
+
+if TYPE_CHECKING:
+    from semstore.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,32 @@ SAVE_MAX_AGE_SECONDS = 300.0
 CodecSource = Callable[[int | None], "tuple[PQVAECodec, int] | None"]
 
 
+SearchIndex = ADCIndex | IVFIndex
+
+
+@dataclass(frozen=True)
+class IndexPolicy:
+    """Which index a collection gets: ``kind`` auto / exhaustive / ivf, and the IVF parameters."""
+
+    kind: str = "auto"
+    ivf_min_items: int = 1_000_000
+    nlist: int | None = None
+    nprobe: int = DEFAULT_NPROBE
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IndexPolicy:
+        return cls(settings.index_kind, settings.ivf_min_items, settings.ivf_nlist, settings.ivf_nprobe)
+
+    def wants_ivf(self, codec: PQVAECodec, items: int, current: SearchIndex | None = None) -> bool:
+        """Whether ``items`` items under ``codec`` call for IVF (with hysteresis around the threshold)."""
+        if codec.codebook_size <= 16 or self.kind == "exhaustive":
+            return False  # 4-bit codes: the exhaustive fast-scan is the faster index
+        if self.kind == "ivf":
+            return items > 0
+        threshold = self.ivf_min_items // 2 if isinstance(current, IVFIndex) else self.ivf_min_items
+        return items >= max(1, threshold)
+
+
 @dataclass(frozen=True)
 class IndexState:
     """What :meth:`IndexService.describe` reports (e.g. for ``stats`` and metrics)."""
@@ -58,6 +89,8 @@ class IndexState:
     revision: int | None
     memory_bytes: int
     bytes_per_item: float
+    nlist: int | None = None
+    nprobe: int | None = None
 
 
 class IndexService:
@@ -75,12 +108,14 @@ class IndexService:
         collection_id: int,
         codec_source: CodecSource,
         directory: Callable[[], Path | None],
+        policy: IndexPolicy | None = None,
     ) -> None:
         self._sessions = sessions
         self._collection_id = collection_id
         self._codec_source = codec_source
         self._directory = directory
-        self._index: ADCIndex | None = None
+        self.policy = policy or IndexPolicy()
+        self._index: SearchIndex | None = None
         self._codec_id: int | None = None
         self._revision = -1  # the revision the index reflects fully (-1: none yet)
         self._applied: set[int] = set()  # own revisions above it, already applied
@@ -94,7 +129,7 @@ class IndexService:
 
     # -- reading -------------------------------------------------------------------------
     @property
-    def loaded(self) -> ADCIndex | None:
+    def loaded(self) -> SearchIndex | None:
         """The index if one is in memory (never builds, loads or checks freshness)."""
         return self._index
 
@@ -104,7 +139,7 @@ class IndexService:
         with self._state:
             return self._revision
 
-    def fresh(self) -> ADCIndex | None:
+    def fresh(self) -> SearchIndex | None:
         """The index, caught up with every write committed before this call; None without a codec.
 
         One read of the collection's revision; the index is loaded, built or caught up only
@@ -130,7 +165,7 @@ class IndexService:
         pending = self._applied | self._in_flight
         return all(r in pending for r in range(self._revision + 1, revision + 1))
 
-    def _refresh(self, stored: storage.CollectionRevision) -> ADCIndex | None:
+    def _refresh(self, stored: storage.CollectionRevision) -> SearchIndex | None:
         with self._apply:
             with self._state:
                 if self._index is not None and stored.codec_id == self._codec_id and self._covers(stored.revision):
@@ -144,7 +179,7 @@ class IndexService:
                 return index
             return self._load(stored)
 
-    def _load(self, stored: storage.CollectionRevision) -> ADCIndex | None:
+    def _load(self, stored: storage.CollectionRevision) -> SearchIndex | None:
         """Load the saved index (catching it up) or build one from the database (under ``_apply``)."""
         current = self._codec_source(stored.codec_id)
         if current is None:
@@ -162,28 +197,70 @@ class IndexService:
                 self._settle(done.version.revision)
                 self.save(force=True)  # so the next start loads this state
             return index
-        with self._sessions() as session:
-            # The revision first: rows committed after it are picked up by the next catch-up.
-            revision = storage.collection_revision(session, collection_id=self._collection_id).revision
-            ids, codes = storage.load_codes(
-                session, collection_id=self._collection_id, num_subvectors=codec.num_subvectors, dtype=codec.code_dtype
-            )
-        index = ADCIndex.build(codec, ids, codes)
+        revision, index = self._build(codec, None)
         with self._state:
             self._index, self._codec_id, self._revision = index, codec_id, revision
             self._applied.clear()
         self.save(force=True)
         return index
 
-    def _read_saved(self, codec: PQVAECodec) -> ADCIndex | None:
+    def _build(self, codec: PQVAECodec, current: SearchIndex | None) -> tuple[int, SearchIndex]:
+        """A new index of the kind the policy wants, from every stored row; ``(revision, index)``."""
+        with self._sessions() as session:
+            # The revision first: rows committed after it are picked up by the next catch-up.
+            revision = storage.collection_revision(session, collection_id=self._collection_id).revision
+            ids, codes = storage.load_codes(
+                session, collection_id=self._collection_id, num_subvectors=codec.num_subvectors, dtype=codec.code_dtype
+            )
+        if self.policy.wants_ivf(codec, len(ids), current):
+            return revision, IVFIndex.build(codec, ids, codes, nlist=self.policy.nlist, nprobe=self.policy.nprobe)
+        return revision, ADCIndex.build(codec, ids, codes)
+
+    def _read_saved(self, codec: PQVAECodec) -> SearchIndex | None:
         directory = self._directory()
         if directory is None:
             return None
         try:
             return ADCIndex.load(directory, codec)
         except IndexLoadError as exc:
-            logger.info("collection %s: building the index (%s)", self._collection_id, exc)
+            reason = exc
+        try:
+            return IVFIndex.load(directory, codec, nprobe=self.policy.nprobe)
+        except IndexLoadError:
+            logger.info("collection %s: building the index (%s)", self._collection_id, reason)
             return None
+
+    def migrate_if_needed(self) -> bool:
+        """Rebuild the index as the other kind when the collection's size calls for it.
+
+        Searches go on with the current index while the new one is built; own writes and
+        catch-ups wait. Returns whether it switched.
+        """
+        index = self._index
+        if index is None or self.policy.wants_ivf(index.codec, len(index), index) == isinstance(index, IVFIndex):
+            return False
+        with self._apply:
+            current = self.codec_and_index()
+            if current is None:
+                return False
+            codec_id, old = current
+            if self.policy.wants_ivf(old.codec, len(old), old) == isinstance(old, IVFIndex):
+                return False
+            revision, new = self._build(old.codec, old)
+            logger.info("collection %s: %d items, index switched to %s", self._collection_id, len(new), type(new).__name__)
+            with self._state:
+                self._index, self._revision, self._saved_revision = new, revision, -1
+                self._applied = {r for r in self._applied if r > revision}
+            done = catch_up(new, sessions=self._sessions, collection_id=self._collection_id)
+            self._settle(done.version.revision)
+            self.save(force=True)
+            return True
+
+    def codec_and_index(self) -> tuple[int, SearchIndex] | None:
+        with self._state:
+            if self._index is None or self._codec_id is None:
+                return None
+            return self._codec_id, self._index
 
     def _settle(self, revision: int) -> None:
         with self._state:
@@ -232,7 +309,7 @@ class IndexService:
         """This thread's committed writes need no index change (e.g. metadata only)."""
         self._apply_own(lambda index: None)
 
-    def _apply_own(self, change: Callable[[ADCIndex], object]) -> None:
+    def _apply_own(self, change: Callable[[SearchIndex], object]) -> None:
         pending = getattr(self._writer, "pending", None) or []
         revisions, pending[:] = list(pending), []
         with self._apply:
@@ -287,12 +364,15 @@ class IndexService:
         index = self._index
         if index is None:
             return None
+        ivf = isinstance(index, IVFIndex)
         return IndexState(
-            kind=f"adc-{index.layout}",
+            kind="ivf" if ivf else f"adc-{index.layout}",
             items=len(index),
             revision=self.revision,
             memory_bytes=index.memory_bytes,
             bytes_per_item=index.bytes_per_item,
+            nlist=index.nlist if ivf else None,
+            nprobe=index.nprobe if ivf else None,
         )
 
     def __repr__(self) -> str:

@@ -109,6 +109,8 @@ class CollectionOut(BaseModel):
     codec_config: dict[str, Any] | None
     index_kind: str | None = Field(default=None, description="The loaded in-memory index, e.g. adc-pq (exhaustive ADC).")
     index_bytes_per_item: float | None = Field(default=None, description="RAM of the loaded index per item (codes + ids).")
+    index_nlist: int | None = Field(default=None, description="Inverted lists of an IVF index.")
+    index_nprobe: int | None = Field(default=None, description="Lists an IVF search scans.")
 
 
 class CollectionList(BaseModel):

@@ -197,3 +197,36 @@ def test_small_writes_do_not_rewrite_the_index_file_until_close(db_url: str, tmp
     with counted_catch_ups(monkeypatch) as calls:
         assert len(reopened.index) == 42
     assert calls == []  # the file saved on close was current: no catch-up needed
+
+
+def test_the_index_switches_to_ivf_as_the_collection_grows_and_keeps_every_item(db_url: str, tmp_path: Path) -> None:
+    settings = _settings(tmp_path, db_url, "grow").model_copy(update={"ivf_min_items": 60, "ivf_nlist": 4, "ivf_nprobe": 4})
+    database = semstore.connect(settings=settings)
+    photos = database.create_collection("photos")
+    photos.add_images(_images(0, 40))
+    assert photos.stats().index_kind == "adc-pq"
+    report = photos.add_images(_images(900, 30))  # 70 items: past the threshold
+    stats = photos.stats()
+    assert (stats.index_kind, stats.index_nlist, stats.index_nprobe) == ("ivf", 4, 4)
+    index = photos.index
+    assert len(index) == 70 and set(index.ids().tolist()) == {hit.id for hit in photos.search_vector(photos.embed_query(text="x"), k=70)}
+    # nprobe = nlist: the IVF answer is the exhaustive one
+    query = photos.embed_query(image=_images(905, 1)[0][1])
+    flat = ADCIndex.build(photos.codec, index.ids(), index.codes_for(index.ids()))
+    np.testing.assert_allclose(index.search(query, 5, rerank=50)[0], flat.search(query, 5, rerank=50)[0], atol=1e-5)
+    (_, first_new), *_ = report.added_items
+    assert photos.search_vector(query, k=1)[0].id == dict(report.added_items)["upload://" + _uri_hash(_images(905, 1)[0][1]) + "/img905.png"]
+    photos.delete([first_new])
+    assert len(photos.index) == 69
+    database.close()
+    reopened = semstore.connect(settings=settings).collection("photos")
+    assert isinstance(reopened.index, semstore.index_service.IVFIndex) and len(reopened.index) == 69
+    reopened.delete(reopened.index.ids()[:41].tolist())
+    reopened.add_images(_images(950, 1))  # 29 items: below half the threshold
+    assert reopened.stats().index_kind == "adc-pq" and len(reopened.index) == 29
+
+
+def _uri_hash(data: bytes) -> str:
+    from semstore.ingest import content_hash
+
+    return content_hash(data)
