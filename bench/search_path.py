@@ -133,14 +133,32 @@ class Latency:
 
 
 @dataclass
+class KindInfo:
+    """The index one ``index_kind`` setting gave (cases of that setting are keyed ``"<setting>/<case>"``)."""
+
+    setting: str  # the index_kind setting: exhaustive / ivf / auto
+    kind: str  # what the index service built: adc-pq, ivf, ...
+    nlist: int | None
+    nprobe: int | None
+    build_s: float
+    ram_bytes_per_item: float
+    same_as: str | None = None  # another setting that gave the same index (measured once, there)
+
+    @property
+    def label(self) -> str:
+        built = self.kind + (f", nlist {self.nlist}, nprobe {self.nprobe}" if self.nlist else "")
+        return f"index_kind={self.setting}: {built}"
+
+
+@dataclass
 class BackendResult:
     """Everything measured on one backend."""
 
     name: str
     items: int = 0
     fill_s: float = 0.0
-    index_build_s: float = 0.0
-    ram_bytes_per_item: float = 0.0
+    kinds: dict[str, KindInfo] = field(default_factory=dict)
+    server_index: dict[str, str] = field(default_factory=dict)  # when -> the server's index (GET /v1/collections/...)
     code_bytes: int = 0
     disk_bytes: int = 0
     disk_what: str = ""
@@ -364,7 +382,7 @@ def postgres_backend(admin_url: str, work: Path) -> Iterator[Backend]:
 
 
 def in_process_cases(db: Any, collection: Collection, index: Any) -> dict[str, Callable[[np.ndarray], object]]:
-    """The timed calls: raw index, the user's path, its parts, the filtered searches."""
+    """The timed calls: raw index, the user's path, its parts, the filtered searches (names unprefixed)."""
     sample_ids = index.ids()[:K].tolist()
 
     def rows(_: np.ndarray) -> object:
@@ -401,37 +419,51 @@ def ratio(result: BackendResult, case: str, base: str, q: float = 50) -> float:
     return a.ms(q) / b.ms(q)
 
 
-def missed_cases(result: BackendResult) -> list[str]:
-    """The in-process cases whose target was missed (for profiling)."""
+def missed_cases(result: BackendResult, setting: str) -> list[str]:
+    """The in-process cases of one index_kind setting whose target was missed (for profiling)."""
     missed = []
-    if ratio(result, "collection", "raw") > TARGET_COLLECTION_RATIO:
+    if ratio(result, f"{setting}/collection", f"{setting}/raw") > TARGET_COLLECTION_RATIO:
         missed.append("collection")
     for label in FILTERS:
-        if ratio(result, f"filter {label}", "collection") > TARGET_FILTER_RATIO:
+        if ratio(result, f"{setting}/filter {label}", f"{setting}/collection") > TARGET_FILTER_RATIO:
             missed.append(f"filter {label}")
     return missed
 
 
 def run_in_process(
-    db: Any, collection: Collection, result: BackendResult, queries: np.ndarray, *, warmup: int, profile: str
+    db: Any, collection: Collection, result: BackendResult, queries: np.ndarray, *, warmup: int, profile: str,
+    setting: str = "auto",
 ) -> Any:
-    """Build the index, time the in-process cases; returns the index."""
+    """Build the index of ``db``'s index_kind ``setting``, time the in-process cases; returns the index.
+
+    A setting that gives the same index as one measured before is recorded, not timed again.
+    """
     t0 = time.perf_counter()
-    index = collection.index  # built from the database (load_codes + FAISS add) and saved
-    result.index_build_s = time.perf_counter() - t0
+    index = collection.index  # built from the database (load codes, FAISS add; IVF: train too) and saved
+    build_s = time.perf_counter() - t0
     assert index is not None and len(index) == result.items, (len(index) if index else None, result.items)
-    result.ram_bytes_per_item = index.bytes_per_item
+    described = collection.index_service.describe()
+    assert described is not None
+    info = KindInfo(setting, described.kind, described.nlist, described.nprobe, build_s, index.bytes_per_item)
+    for other in result.kinds.values():
+        if other.same_as is None and (other.kind, other.nlist, other.nprobe) == (info.kind, info.nlist, info.nprobe):
+            info.same_as = other.setting
+    result.kinds[setting] = info
+    if info.same_as is not None:
+        return index
     result.code_bytes = collection.codec.bytes_per_vector if collection.codec else 0
-    result.matching = filter_matches(db, collection)
-    result.hits = check_filtered_hits(collection, queries)
+    if not result.matching:
+        result.matching = filter_matches(db, collection)
+    result.hits.update({f"{setting}/{label}": hits for label, hits in check_filtered_hits(collection, queries).items()})
     cases = in_process_cases(db, collection, index)
-    result.loads["in-process"] = load_average()
-    result.others["in-process"] = other_processes({os.getpid()})
+    result.loads[f"in-process {setting}"] = load_average()
+    result.others[f"in-process {setting}"] = other_processes({os.getpid()})
     with one_thread():
-        result.latency.update(round_robin(cases, queries, warmup=warmup))
-        wanted = list(cases) if profile == "all" else missed_cases(result) if profile == "missed" else []
+        timed = round_robin(cases, queries, warmup=warmup)
+        result.latency.update({f"{setting}/{name}": lat for name, lat in timed.items()})
+        wanted = list(cases) if profile == "all" else missed_cases(result, setting) if profile == "missed" else []
         for case in wanted:
-            result.profiles[case] = profile_text(cases[case], queries[: min(100, len(queries))])
+            result.profiles[f"{setting}/{case}"] = profile_text(cases[case], queries[: min(100, len(queries))])
     return index
 
 
@@ -607,19 +639,29 @@ def http_series(client: Any, name: str, bodies: Sequence[dict[str, Any]], timing
     return times
 
 
+def server_index(client: Any) -> str:
+    """The server's index of the collection, as ``GET /v1/collections/{name}`` reports it."""
+    body = client.get(f"/v1/collections/{COLLECTION_NAME}").raise_for_status().json()
+    text = f"{body.get('index_kind')}, {body.get('items'):,} items"
+    if body.get("index_nlist"):
+        text += f", nlist {body['index_nlist']}, nprobe {body.get('index_nprobe')}"
+    return text
+
+
 def run_http(
     backend: Backend, result: BackendResult, item_ids: np.ndarray, *, queries: int, warmup: int, blocks: int,
-    upload_batch: int, log_dir: Path,
+    upload_batch: int, log_dir: Path, index_kind: str = "auto",
 ) -> None:
     """Server process: HTTP search idle (item and text queries) and in blocks alternating with uploads."""
     import httpx
 
-    settings = make_settings(backend.url, backend.data_dir, port=free_port())
+    settings = make_settings(backend.url, backend.data_dir, port=free_port(), index_kind=index_kind)
     server = ServerProcess(settings, log_dir / f"server-{backend.name.lower()}.log")
     rng = np.random.default_rng(3)
     try:
         result.server_start_s = server.start()
         with httpx.Client(base_url=server.url, timeout=300.0) as client:
+            result.server_index["at start"] = server_index(client)
             item_bodies = [{"item_id": int(i), "k": K} for i in rng.choice(item_ids, size=queries + warmup)]
             text_bodies = [{"text": f"a photo number {i}", "k": K} for i in range(queries + warmup)]
             http_series(client, COLLECTION_NAME, item_bodies[:warmup] + text_bodies[:warmup])
@@ -648,6 +690,7 @@ def run_http(
                 result.upload_images = uploader.value(IMAGES) - images0
                 result.upload_requests = uploader.value(REQUESTS) - requests0
                 result.upload_failures = uploader.value(FAILURES)
+            result.server_index["after the uploads"] = server_index(client)
             result.latency["http item"] = Latency.of(idle)
             result.latency["http item uploading"] = Latency.of(busy)
             result.server_timing["http item"] = idle_timing
@@ -665,33 +708,46 @@ def run_backend(backend: Backend, codec: PQVAECodec, encoder: Any, args: argpars
     import semstore
 
     result = BackendResult(backend.name, items=args.items)
-    settings = make_settings(backend.url, backend.data_dir)
-    db = semstore.connect(backend.url, settings=settings, encoder_factory=lambda _m, _p: encoder)
-    try:
-        collection = db.create_collection(COLLECTION_NAME, model=TINY_TEST_MODEL, codec=codec)
-        print(f"  [{backend.name}] filling {args.items:,} items (load {load_average()})", flush=True)
-        result.loads["fill"] = load_average()
-        result.others["fill"] = other_processes({os.getpid()})
-        result.fill_s = fill(db, collection, args.items, batch=args.batch)
-        result.disk_bytes, result.disk_what = disk_bytes(db)
-        queries = unit_vectors(args.queries, codec.dim, seed=1)
-        print(f"  [{backend.name}] in-process searches ({args.queries} queries x {len(FILTERS) + 4} cases)", flush=True)
-        index = run_in_process(db, collection, result, queries, warmup=args.warmup, profile=args.profile)
-        print(format_backend_summary(result), flush=True)
-        if not args.no_server:
-            print(f"  [{backend.name}] HTTP: starting python -m server", flush=True)
-            run_http(
-                backend, result, index.ids(), queries=args.http_queries, warmup=args.warmup, blocks=args.blocks,
-                upload_batch=args.upload_batch, log_dir=log_dir,
-            )
-    finally:
-        db.close()
+    server_kind = args.kinds[-1]  # the server runs with the last setting (its saved index is in the server's data dir)
+    queries = unit_vectors(args.queries, codec.dim, seed=1)
+    item_ids = None
+    for position, setting in enumerate(args.kinds):
+        data_dir = backend.data_dir if setting == server_kind else backend.data_dir / f"kind-{setting}"
+        settings = make_settings(backend.url, data_dir, index_kind=setting)
+        db = semstore.connect(backend.url, settings=settings, encoder_factory=lambda _m, _p: encoder)
+        try:
+            if position == 0:
+                collection = db.create_collection(COLLECTION_NAME, model=TINY_TEST_MODEL, codec=codec)
+                print(f"  [{backend.name}] filling {args.items:,} items (load {load_average()})", flush=True)
+                result.loads["fill"] = load_average()
+                result.others["fill"] = other_processes({os.getpid()})
+                result.fill_s = fill(db, collection, args.items, batch=args.batch)
+                result.disk_bytes, result.disk_what = disk_bytes(db)
+            else:
+                collection = db.collection(COLLECTION_NAME)
+            print(f"  [{backend.name}] index_kind={setting}: in-process searches "
+                  f"({args.queries} queries x {len(FILTERS) + 4} cases)", flush=True)
+            index = run_in_process(db, collection, result, queries, warmup=args.warmup, profile=args.profile, setting=setting)
+            print(f"    {result.kinds[setting].label}; " + format_backend_summary(result, setting), flush=True)
+            item_ids = index.ids()
+        finally:
+            db.close()  # saves the index (the server loads the one of its own setting)
+    if not args.no_server and item_ids is not None:
+        print(f"  [{backend.name}] HTTP: starting python -m server (index_kind={server_kind})", flush=True)
+        run_http(
+            backend, result, item_ids, queries=args.http_queries, warmup=args.warmup, blocks=args.blocks,
+            upload_batch=args.upload_batch, log_dir=log_dir, index_kind=server_kind,
+        )
     return result
 
 
-def format_backend_summary(result: BackendResult) -> str:
-    lat = result.latency
-    return "    " + ", ".join(f"{name} p50 {lat[name].p50:.2f} ms" for name in lat)
+def format_backend_summary(result: BackendResult, setting: str) -> str:
+    info = result.kinds[setting]
+    if info.same_as is not None:
+        return f"the same index as index_kind={info.same_as}: not timed again"
+    prefix = f"{setting}/"
+    lat = {name[len(prefix):]: value for name, value in result.latency.items() if name.startswith(prefix)}
+    return ", ".join(f"{name} p50 {value.p50:.2f} ms" for name, value in lat.items())
 
 
 # --------------------------------------------------------------------------- report
@@ -707,46 +763,80 @@ def _cell(lat: Latency | None) -> str:
     return "-" if lat is None else f"{lat.p50:.2f} / {lat.p99:.2f}"
 
 
-ROWS: list[tuple[str, str, str | None, float | None, str]] = [
-    # (label, case, baseline case, percentile of the ratio, target text)
-    (f"raw `index.search(q, {K}, rerank={RERANK})`", "raw", None, None, "baseline"),
-    (f"`Collection.search_vector(q, k={K})`", "collection", "raw", 50, f"<= {TARGET_COLLECTION_RATIO}x raw (p50)"),
-    ("  part: freshness check (`collection.index`)", "freshness", "raw", 50, "-"),
-    (f"  part: row fetch (`get_items` of {K} ids + hits)", "rows", "raw", 50, "-"),
-    *[
-        (f"filtered `search_vector`, {label} match", f"filter {label}", "collection", 50, f"<= {TARGET_FILTER_RATIO}x unfiltered (p50)")
-        for label in FILTERS
-    ],
-    ("HTTP search, text (tiny model), idle", "http text", None, None, "-"),
-    ("HTTP search, `item_id`, idle", "http item", None, None, f"p99 <= {TARGET_HTTP_P99_MS:.0f} ms at 10^6"),
-    ("HTTP search, `item_id`, during uploads", "http item uploading", "http item", 99, f"p99 <= {TARGET_UPLOAD_RATIO}x idle p99"),
+@dataclass(frozen=True)
+class TableRow:
+    label: str
+    case: str
+    base: str | None = None  # ratio against this case ...
+    q: float = 50  # ... at this percentile
+    limit: float | None = None  # target on the ratio (or, without a base, on the p99 in ms)
+    target: str = "-"
+
+
+def kind_rows(setting: str) -> list[TableRow]:
+    """The in-process rows of one index_kind setting."""
+    p = f"{setting}/"
+    return [
+        TableRow(f"raw `index.search(q, {K}, rerank={RERANK})`", p + "raw", target="baseline"),
+        TableRow(f"`Collection.search_vector(q, k={K})`", p + "collection", p + "raw", 50, TARGET_COLLECTION_RATIO,
+                 f"<= {TARGET_COLLECTION_RATIO}x raw (p50)"),
+        TableRow("  part: freshness check (`collection.index`)", p + "freshness", p + "raw"),
+        TableRow(f"  part: row fetch (`get_items` of {K} ids + hits)", p + "rows", p + "raw"),
+        *[
+            TableRow(f"filtered `search_vector`, {label} match", f"{p}filter {label}", p + "collection", 50,
+                     TARGET_FILTER_RATIO, f"<= {TARGET_FILTER_RATIO}x unfiltered (p50)")
+            for label in FILTERS
+        ],
+    ]
+
+
+HTTP_ROWS = [
+    TableRow("HTTP search, text (tiny model), idle", "http text"),
+    TableRow("HTTP search, `item_id`, idle", "http item", None, 99, TARGET_HTTP_P99_MS, f"p99 <= {TARGET_HTTP_P99_MS:.0f} ms at 10^6"),
+    TableRow("HTTP search, `item_id`, during uploads", "http item uploading", "http item", 99, TARGET_UPLOAD_RATIO,
+             f"p99 <= {TARGET_UPLOAD_RATIO}x idle p99"),
 ]
 
 
-def row_verdict(result: BackendResult, case: str, base: str | None, q: float | None) -> str:
-    if case not in result.latency:
+def row_verdict(result: BackendResult, row: TableRow) -> str:
+    if row.case not in result.latency:
         return "-"
-    if base is None:
-        if case == "http item":
-            p99 = result.latency[case].p99
-            return f"{verdict(p99, TARGET_HTTP_P99_MS)}" + ("" if result.items == DEFAULT_ITEMS else " (N != 10^6)")
-        return ""
-    value = ratio(result, case, base, q or 50)
-    if case in ("freshness", "rows"):
-        return f"{value:.2f}x"
-    limit = TARGET_COLLECTION_RATIO if case == "collection" else TARGET_UPLOAD_RATIO if case.startswith("http") else TARGET_FILTER_RATIO
-    return f"{value:.2f}x {verdict(value, limit)}"
+    if row.base is None:
+        if row.limit is None:
+            return ""
+        at_scale = "" if result.items == DEFAULT_ITEMS else " (N != 10^6)"
+        return verdict(result.latency[row.case].ms(row.q), row.limit) + at_scale
+    value = ratio(result, row.case, row.base, row.q)
+    return f"{value:.2f}x" + ("" if row.limit is None else f" {verdict(value, row.limit)}")
+
+
+def settings_measured(results: Sequence[BackendResult]) -> list[str]:
+    seen: list[str] = []
+    for r in results:
+        seen += [s for s in r.kinds if s not in seen]
+    return seen
 
 
 def format_table(results: Sequence[BackendResult]) -> str:
     head = "| measurement (1 thread; ms p50 / p99) | " + " | ".join(f"{r.name} p50 / p99 | ratio" for r in results) + " | target |"
     rule = "|---|" + "---|---|" * len(results) + "---|"
     lines = [head, rule]
-    for label, case, base, q, target in ROWS:
-        if not any(case in r.latency for r in results):
-            continue
-        cells = " | ".join(f"{_cell(r.latency.get(case))} | {row_verdict(r, case, base, q)}" for r in results)
-        lines.append(f"| {label} | {cells} | {target} |")
+    blank = " | ".join(" | " for _ in results)
+    for setting in settings_measured(results):
+        labels = sorted({r.kinds[setting].label for r in results if setting in r.kinds})
+        same = sorted({r.kinds[setting].same_as for r in results if setting in r.kinds and r.kinds[setting].same_as})
+        title = " / ".join(labels) + (f" (the same index as index_kind={same[0]}: not timed again)" if same else "")
+        lines.append(f"| **{title}** | {blank} | |")
+        for row in kind_rows(setting):
+            if any(row.case in r.latency for r in results):
+                cells = " | ".join(f"{_cell(r.latency.get(row.case))} | {row_verdict(r, row)}" for r in results)
+                lines.append(f"| {row.label} | {cells} | {row.target} |")
+    if any(row.case in r.latency for r in results for row in HTTP_ROWS):
+        served = sorted({r.server_index.get("at start", "?") for r in results})
+        lines.append(f"| **HTTP, `python -m server` (its index: {' / '.join(served)})** | {blank} | |")
+        for row in HTTP_ROWS:
+            cells = " | ".join(f"{_cell(r.latency.get(row.case))} | {row_verdict(r, row)}" for r in results)
+            lines.append(f"| {row.label} | {cells} | {row.target} |")
     return "\n".join(lines)
 
 
@@ -754,31 +844,41 @@ def format_facts(results: Sequence[BackendResult]) -> str:
     def per(fn: Callable[[BackendResult], str]) -> str:
         return " | ".join(fn(r) for r in results)
 
+    def kind_fact(setting: str, fn: Callable[[KindInfo], str]) -> Callable[[BackendResult], str]:
+        return lambda r: fn(r.kinds[setting]) if setting in r.kinds else "-"
+
     lines = [
         "| fact | " + " | ".join(r.name for r in results) + " |",
         "|---|" + "---|" * len(results),
         f"| items N | {per(lambda r: f'{r.items:,}')} |",
         f"| fill: `storage.add_items`, {FILL_BATCH:,} rows per transaction | "
         + per(lambda r: f"{r.fill_per_s:,.0f} items/s ({r.fill_s:.0f} s)") + " |",
-        f"| index build from the database (load codes, FAISS add, save) | {per(lambda r: f'{r.index_build_s:.2f} s')} |",
+    ]
+    for setting in settings_measured(results):
+        lines.append(f"| index_kind={setting}: index built from the database (load codes, FAISS add / IVF train; save) | "
+                     + per(kind_fact(setting, lambda k: f"{k.kind} in {k.build_s:.2f} s")) + " |")
+        lines.append(f"| index_kind={setting}: RAM per item (`index.bytes_per_item`) | "
+                     + per(kind_fact(setting, lambda k: f"{k.ram_bytes_per_item:.1f} B")) + " |")
+    lines += [
         f"| codes per item | {per(lambda r: f'{r.code_bytes} B')} |",
-        f"| RAM per item (`index.bytes_per_item`: codes + ids + lookup) | {per(lambda r: f'{r.ram_bytes_per_item:.1f} B')} |",
         f"| disk per item | {per(lambda r: f'{r.disk_bytes / r.items:.1f} B ({r.disk_bytes / 2**20:,.1f} MiB total)')} |",
         f"| items matching the 0 / 1 / 50 % filters | "
         + per(lambda r: " / ".join(f"{r.matching.get(label, 0):,}" for label in FILTERS)) + " |",
-        f"| hits of one filtered search (k={K}), 0 / 1 / 50 % | "
-        + per(lambda r: " / ".join(str(r.hits.get(label, "-")) for label in FILTERS)) + " |",
     ]
+    for setting in settings_measured(results):
+        if any(f"{setting}/{label}" in r.hits for r in results for label in FILTERS):
+            lines.append(f"| index_kind={setting}: hits of one filtered search (k={K}), 0 / 1 / 50 % | "
+                         + per(lambda r: " / ".join(str(r.hits.get(f"{setting}/{label}", "-")) for label in FILTERS)) + " |")
     if any(r.server_start_s is not None for r in results):
         lines += [
             f"| server start to healthy (index loaded) | {per(lambda r: f'{r.server_start_s:.1f} s' if r.server_start_s else '-')} |",
+            "| server's index at start / after the uploads | "
+            + per(lambda r: " / ".join(r.server_index.get(k, "-") for k in ("at start", "after the uploads"))) + " |",
             "| uploads during the upload blocks | "
             + per(lambda r: f"{r.upload_images} images in {r.upload_requests} requests, {r.upload_images / r.upload_seconds:.1f} images/s"
                   + (f", {r.upload_failures} failed" if r.upload_failures else "") if r.upload_seconds else "-") + " |",
             f"| server log errors | {per(lambda r: str(len(r.server_errors)))} |",
         ]
-    lines.append(f"| load average (1/5/15 min) at fill / in-process / HTTP | "
-                 + per(lambda r: " ; ".join(r.loads.get(k, "-") for k in ("fill", "in-process", "http"))) + " |")
     return "\n".join(lines)
 
 
@@ -869,13 +969,18 @@ def format_report(results: Sequence[BackendResult], args: argparse.Namespace, co
         "",
         f"In process: {args.queries} random unit queries per case after {args.warmup} warm-up rounds, all cases "
         "interleaved query by query, one thread (FAISS OpenMP, torch, BLAS). Percentiles: numpy linear interpolation. "
-        "Ratios are of p50 unless the target says p99; a ratio compares two series of the same run.",
+        "Ratios are of p50 unless the target says p99; a ratio compares two series of the same run. "
+        f"Index settings timed one after the other on the same rows: {', '.join(f'index_kind={k}' for k in args.kinds)} "
+        "(each in its own Database, so each builds and saves its own index). IVF recall is not reported: on random "
+        "codes the coarse lists cut through structureless data, so it would say nothing about real collections "
+        "(bench/search_speed.py measures it on CLIP-like data).",
     ]
     if not args.no_server:
         parts += [
             "",
             f"HTTP: `python -m server` (SEMSTORE_* settings: API keys disabled on loopback, rate limits off, "
-            f"SEMSTORE_THREADS=1, OMP/BLAS 1 thread) in its own process on the same database; this process sends "
+            f"SEMSTORE_THREADS=1, OMP/BLAS 1 thread, SEMSTORE_INDEX_KIND={args.kinds[-1]}) in its own process on the "
+            "same database, loading the index saved by the last in-process setting; this process sends "
             f"sequential `POST /v1/collections/{COLLECTION_NAME}/search` (k={K}, default rerank) on one keep-alive "
             f"connection. `item_id` queries (the route reads the item's codes and decodes them: no encoder), "
             f"{args.http_queries} idle and {args.http_queries} during uploads, in {args.blocks} alternating blocks "
@@ -937,6 +1042,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--blocks", type=int, default=4, help="idle / uploading block pairs of the HTTP series")
     parser.add_argument("--upload-batch", type=int, default=4, help="images per upload request")
     parser.add_argument("--batch", type=int, default=FILL_BATCH, help="rows per fill transaction")
+    parser.add_argument("--kinds", nargs="+", choices=["exhaustive", "ivf", "auto"], default=["exhaustive", "auto"],
+                        help="index_kind settings timed in process, one after the other; the server runs with the last "
+                             "(default: exhaustive auto; auto is the product default: IVF from ivf_min_items items on)")
     parser.add_argument("--no-server", action="store_true", help="skip the HTTP part")
     parser.add_argument("--profile", choices=["missed", "all", "none"], default="missed",
                         help="cProfile the in-process cases that miss their target (default), all, or none")

@@ -56,30 +56,42 @@ def test_building_blocks_on_sqlite(tmp_path: Path) -> None:
         env = search_path.server_env(search_path.make_settings(backend.url, backend.data_dir, port=8123))
         assert env["SEMSTORE_PORT"] == "8123" and env["SEMSTORE_PRETRAINED"] == "" and env["SEMSTORE_API_KEYS_DISABLED"] == "True"
 
-        db = semstore.connect(backend.url, settings=settings, encoder_factory=lambda _m, _p: encoder)
-        try:
-            collection = db.create_collection(search_path.COLLECTION_NAME, model=TINY_TEST_MODEL, codec=codec)
-            result = search_path.BackendResult(backend.name, items=ITEMS)
-            result.fill_s = search_path.fill(db, collection, ITEMS, batch=1_000, progress=False)
-            result.disk_bytes, result.disk_what = search_path.disk_bytes(db)
-            assert result.fill_per_s > 0 and result.disk_bytes > 16 * ITEMS
-
-            queries = search_path.unit_vectors(12, codec.dim, seed=1)
-            assert np.allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
-            index = search_path.run_in_process(db, collection, result, queries, warmup=2, profile="all")
-        finally:
-            db.close()
+        result = search_path.BackendResult(backend.name, items=ITEMS)
+        queries = search_path.unit_vectors(12, codec.dim, seed=1)
+        assert np.allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+        for position, setting in enumerate(["exhaustive", "auto", "ivf"]):
+            kind_settings = search_path.make_settings(backend.url, backend.data_dir / setting, index_kind=setting)
+            db = semstore.connect(backend.url, settings=kind_settings, encoder_factory=lambda _m, _p: encoder)
+            try:
+                if position == 0:
+                    collection = db.create_collection(search_path.COLLECTION_NAME, model=TINY_TEST_MODEL, codec=codec)
+                    result.fill_s = search_path.fill(db, collection, ITEMS, batch=1_000, progress=False)
+                    result.disk_bytes, result.disk_what = search_path.disk_bytes(db)
+                else:
+                    collection = db.collection(search_path.COLLECTION_NAME)
+                index = search_path.run_in_process(
+                    db, collection, result, queries, warmup=2, profile="all" if setting == "exhaustive" else "none", setting=setting
+                )
+            finally:
+                db.close()
+            assert len(index) == ITEMS
+        assert result.fill_per_s > 0 and result.disk_bytes > 16 * ITEMS
         assert backend.data_dir.exists()
     assert not backend.data_dir.exists()  # the SQLite scratch folder is removed
 
-    assert len(index) == ITEMS and result.ram_bytes_per_item >= 16
+    kinds = result.kinds
+    assert kinds["exhaustive"].kind.startswith("adc") and kinds["exhaustive"].ram_bytes_per_item >= 16
+    assert kinds["auto"].same_as == "exhaustive"  # auto is exhaustive at this size: not timed twice
+    assert kinds["ivf"].kind == "ivf" and kinds["ivf"].nlist and kinds["ivf"].same_as is None
     assert result.matching == search_path.expected_matching(ITEMS)
-    assert result.hits == {"0 %": 0, "1 %": 10, "50 %": 10}
-    expected_cases = {"raw", "collection", "freshness", "rows", *(f"filter {label}" for label in search_path.FILTERS)}
-    assert set(result.latency) == expected_cases
+    for setting in ("exhaustive", "ivf"):
+        assert [result.hits[f"{setting}/{label}"] for label in search_path.FILTERS] == [0, 10, 10]
+    cases = {"raw", "collection", "freshness", "rows", *(f"filter {label}" for label in search_path.FILTERS)}
+    assert set(result.latency) == {f"{s}/{c}" for s in ("exhaustive", "ivf") for c in cases}
     assert all(lat.count == len(queries) and 0 < lat.p50 <= lat.p99 for lat in result.latency.values())
-    assert set(result.profiles) == expected_cases and "search_vector" in result.profiles["collection"]
-    assert search_path.ratio(result, "collection", "raw") > 0
+    assert set(result.profiles) == {f"exhaustive/{c}" for c in cases}
+    assert "search_vector" in result.profiles["exhaustive/collection"]
+    assert search_path.ratio(result, "ivf/collection", "ivf/raw") > 0
 
     args = search_path.parse_args(["--items", str(ITEMS), "--no-server", "--queries", "12"])
     context = {
@@ -88,6 +100,7 @@ def test_building_blocks_on_sqlite(tmp_path: Path) -> None:
     }
     report = search_path.format_report([result], args, context)
     assert "| `Collection.search_vector(q, k=10)` |" in report and "filtered `search_vector`, 1 % match" in report
+    assert "**index_kind=ivf: ivf, nlist" in report and "(the same index as index_kind=exhaustive: not timed again)" in report
     assert "HTTP search" not in report.split("## Results")[1].split("| fact |")[0]  # no server rows without a server
     assert f"| items N | {ITEMS:,} |" in report and "## Profiles" in report
 
