@@ -8,7 +8,7 @@ from typing import Any
 
 
 #: Options added after codecs were first stored, with the value that means "as before".
-_NEUTRAL_ADDITIONS: dict[str, Any] = {"parallel_weight": 1.0, "patience": None}
+_NEUTRAL_ADDITIONS: dict[str, Any] = {"parallel_weight": 1.0, "patience": None, "kmeans_points_per_centroid": 256}
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class CodecConfig:
     iterations: int = 12
     patience: int | None = 2
     kmeans_iterations: int = 25
+    kmeans_points_per_centroid: int = 64
     query_weighting: float = 0.0
     parallel_weight: float = 1.0
     max_train_vectors: int = 100_000
@@ -70,6 +71,10 @@ class CodecConfig:
             raise ValueError("beam sizes must be >= 1")
         if self.iterations < 0 or self.kmeans_iterations < 1:
             raise ValueError("iterations must be >= 0 and kmeans_iterations >= 1")
+        if not isinstance(self.kmeans_points_per_centroid, int) or self.kmeans_points_per_centroid < 1:
+            raise ValueError(
+                f"kmeans_points_per_centroid must be a positive integer, got {self.kmeans_points_per_centroid!r}"
+            )
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ValueError(f"patience must be None or an integer >= 1, got {self.patience!r}")
         if self.init not in ("kmeans", "residual-quantizer"):

@@ -164,7 +164,7 @@ def update_stage_books(
     *,
     directions: np.ndarray | None = None,
     parallel_weight: float = 1.0,
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Block coordinate descent on the stage codebooks with the codes held fixed.
 
     For each stage, codeword k becomes the minimiser of the loss of :func:`beam_encode` over
@@ -173,14 +173,16 @@ def update_stage_books(
     ``(n_k I + (w-1) sum u u^T) b = sum p + (w-1) u <u, p>``, found for all codewords at once
     by a few conjugate-gradient steps (the system's condition number is at most w).
     A codeword that no vector uses is revived at the residual of a badly reconstructed
-    vector, so no part of the codebook stays dead. Returns the new stage codebooks and the
-    number of revived codewords.
+    vector, so no part of the codebook stays dead; a stage of a set smaller than the codebook
+    cannot use more codewords than it has vectors, so it revives at most as many as the
+    vectors that share a codeword with another (none when every vector has its own).
+    Returns the new stage codebooks and a boolean (M, K) mask of the revived codewords.
     """
     books = stage_books.copy()
     m_count, k_count, dim = books.shape
     anisotropic = is_anisotropic(directions, parallel_weight)
     recon = reconstruct(codes, books)
-    revived = 0
+    revived = np.zeros((m_count, k_count), dtype=bool)
     for _ in range(sweeps):
         for m in range(m_count):
             labels = codes[:, m]
@@ -194,8 +196,10 @@ def update_stage_books(
             new = books[m].copy()
             new[used] = sums[used].astype(np.float32)
             dead = np.flatnonzero(~used)
+            # a dead codeword can only win vectors that share a codeword with others
+            dead = dead[: max(0, targets.shape[0] - int(used.sum()))]
             if dead.size:
-                revived += int(dead.size)
+                revived[m, dead] = True
                 err = np.einsum("nD,nD->n", partial - new[labels], partial - new[labels])
                 worst = np.argsort(err)[::-1][: max(dead.size * 4, dead.size)]
                 pick = rng.choice(worst, size=dead.size, replace=worst.size < dead.size)
@@ -260,15 +264,24 @@ def factor_shared(stage_books: np.ndarray, rank: int) -> tuple[np.ndarray, np.nd
 
     Stacking the stage codebooks side by side gives a (K, M*D) matrix whose rank is at most
     d exactly when one (K, d) codebook is shared by all stages; its truncated SVD is the
-    least-squares optimal shared codebook (Eckart-Young).
+    least-squares optimal shared codebook (Eckart-Young). The SVD is taken through the
+    eigenvectors of the smaller Gram matrix (K x K or M*D x M*D): the left singular vectors
+    U_d span the same subspace, ``C @ P.T = U_d U_d^T B`` is the same projection, and the
+    cost is ``min(K, M*D)^2 * max(K, M*D)``, linear in M (a full SVD of the (K, M*D) matrix
+    took 1.4 s per refinement iteration at M=16, 20,000 MiniLM vectors).
     """
     m_count, k_count, dim = stage_books.shape
     stacked = stage_books.transpose(1, 0, 2).reshape(k_count, m_count * dim).astype(np.float64)
     rank = min(rank, k_count, m_count * dim)
     if k_count <= m_count * dim:
-        u, s, vt = np.linalg.svd(stacked, full_matrices=False)
-        codebook = u[:, :rank] * s[:rank]
-        right = vt[:rank]
+        _, vecs = np.linalg.eigh(stacked @ stacked.T)
+        left = vecs[:, ::-1][:, :rank]  # (K, d), orthonormal
+        right = left.T @ stacked  # (d, M*D): rows are s_i * v_i^T
+        scale = np.linalg.norm(right, axis=1)
+        keep = scale > 1e-12 * max(float(scale.max(initial=0.0)), 1e-300)
+        right[keep] /= scale[keep, None]
+        right[~keep] = 0.0
+        codebook = left * np.where(keep, scale, 0.0)
     else:
         gram = stacked.T @ stacked
         vals, vecs = np.linalg.eigh(gram)
@@ -288,8 +301,11 @@ def assign_nearest(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return out
 
 
-def kmeans(points: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means centroids (k, D) of ``points``; works for any n, including n < k."""
+def kmeans(
+    points: np.ndarray, k: int, iterations: int, rng: np.random.Generator, max_points_per_centroid: int = 256
+) -> np.ndarray:
+    """k-means centroids (k, D) of ``points`` (on a sample of at most ``max_points_per_centroid * k``);
+    works for any n, including n < k."""
     n = points.shape[0]
     if n <= k:
         extra = rng.choice(n, size=k - n, replace=True) if k > n else np.empty(0, dtype=np.int64)
@@ -302,7 +318,7 @@ def kmeans(points: np.ndarray, k: int, iterations: int, rng: np.random.Generator
 
     km = faiss.Kmeans(
         points.shape[1], k, niter=iterations, seed=int(rng.integers(1 << 30)),
-        verbose=False, min_points_per_centroid=1, max_points_per_centroid=256,
+        verbose=False, min_points_per_centroid=1, max_points_per_centroid=max_points_per_centroid,
     )
     km.train(np.ascontiguousarray(points, dtype=np.float32))
     return km.centroids.astype(np.float32)

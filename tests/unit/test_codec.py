@@ -365,3 +365,139 @@ def test_native_bfloat16_reads_the_cpu_flags(tmp_path: Path) -> None:
     assert native_bfloat16(str(with_bf16)) is True
     assert native_bfloat16(str(without)) is False
     assert native_bfloat16(str(tmp_path / "missing")) is False
+
+
+# -- the fit report and the cost of training (issue 20) ------------------------------------------
+
+
+def test_report_of_a_tiny_set_has_no_nan_and_a_bounded_revival_count() -> None:
+    import json
+
+    n, m_count, k_count = 56, 4, 256
+    x = clustered(n, 32, seed=20)
+    codec = PQVAECodec(dim=32, num_subvectors=m_count, codebook_size=k_count, iterations=4).fit(x, progress=False)
+    report = codec.report
+    # 56 vectors are too few to hold any out: the report says so instead of printing NaN
+    assert report.held_out_vectors == 0
+    assert report.held_out_error is None
+    assert report.held_out_error_history == []
+    text = report.summary()
+    assert "nan" not in text.lower()
+    assert "no held-out set" in text and "no early stopping" in text
+    # revived counts distinct stage codewords: at most M * K in all and in every iteration
+    assert report.stage_codewords == m_count * k_count
+    assert 0 <= report.revived_codewords <= m_count * k_count
+    assert len(report.revived_history) == report.iterations
+    assert all(0 <= count <= m_count * k_count for count in report.revived_history)
+    assert f"revived {report.revived_codewords} of {m_count * k_count}" in text
+    # the report stored with the codec is strict JSON (no NaN)
+    from semstore.codec.model import _read_metadata
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in the stored report")
+
+    stored = json.loads(_read_metadata(codec.to_bytes())["report"], parse_constant=refuse)
+    assert stored["held_out_error_history"] == [] and stored["held_out_vectors"] == 0
+
+
+def test_report_names_the_held_out_vectors_and_the_phases() -> None:
+    x = clustered(400, 32, seed=21)
+    codec = PQVAECodec(dim=32, num_subvectors=4, codebook_size=16, iterations=2, patience=None).fit(x, progress=False)
+    report = codec.report
+    assert report.held_out_vectors == 40
+    assert isinstance(report.held_out_error, float) and report.held_out_error == min(report.held_out_error_history)
+    assert f"held out {report.held_out_error:.4f} on 40 vectors" in report.summary()
+    assert set(report.phase_seconds) >= {"initialisation", "codebook updates", "encoding"}
+    assert sum(report.phase_seconds.values()) <= report.seconds + 0.01
+
+
+def test_a_stage_revives_no_more_codewords_than_its_vectors_can_use() -> None:
+    from semstore.codec.quantizer import update_stage_books
+
+    rng = np.random.default_rng(0)
+    m_count, k_count, dim = 3, 64, 8
+    books = rng.standard_normal((m_count, k_count, dim)).astype(np.float32)
+    for n in (5, 40, 200):
+        targets = rng.standard_normal((n, dim)).astype(np.float32)
+        codes = rng.integers(0, 4, size=(n, m_count))  # every vector in one of 4 codewords per stage
+        _, revived = update_stage_books(targets, codes, books, np.random.default_rng(1))
+        assert revived.shape == (m_count, k_count) and revived.dtype == bool
+        used = np.array([np.unique(codes[:, m]).size for m in range(m_count)])
+        # a used codeword is never revived; a dead one only while vectors share codewords
+        for m in range(m_count):
+            assert not revived[m, np.unique(codes[:, m])].any()
+            assert revived[m].sum() == min(k_count - used[m], n - used[m])
+
+
+def test_shared_factorisation_is_the_truncated_svd() -> None:
+    from semstore.codec.quantizer import factor_shared, stage_codebooks
+
+    rng = np.random.default_rng(2)
+    for m_count, k_count, dim, rank in ((4, 64, 8, 16), (4, 64, 8, 64), (2, 300, 8, 12), (3, 32, 4, 32)):
+        books = rng.standard_normal((m_count, k_count, dim)).astype(np.float32)
+        codebook, blocks = factor_shared(books, rank)
+        width = min(rank, k_count, m_count * dim)
+        assert codebook.shape == (k_count, width) and blocks.shape == (m_count, dim, width)
+        stacked = books.transpose(1, 0, 2).reshape(k_count, m_count * dim).astype(np.float64)
+        u, s, vt = np.linalg.svd(stacked, full_matrices=False)
+        best = ((u[:, :width] * s[:width]) @ vt[:width]).reshape(k_count, m_count, dim).transpose(1, 0, 2)
+        np.testing.assert_allclose(stage_codebooks(codebook, blocks), best, rtol=1e-4, atol=1e-4)
+
+
+class _CostCounter:
+    """Counts the work of one fit: k-means budget of the initialisation, update rows, encoder stage calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import faiss
+
+        import semstore.codec.quantizer as quantizer
+
+        self.kmeans: list[dict[str, int]] = []
+        self.update_rows = 0
+        self.stage_calls = 0
+        counter = self
+        real_rq, real_group_sums, real_step = faiss.ResidualQuantizer, quantizer.group_sums, faiss.beam_search_encode_step_tab
+
+        class CountingRQ(real_rq):  # type: ignore[misc, valid-type]
+            def train(self, x: np.ndarray) -> None:
+                counter.kmeans.append(
+                    {"stages": self.M, "vectors": x.shape[0], "beam": self.max_beam_size, "niter": self.cp.niter,
+                     "steps": self.cp.progressive_dim_steps, "points": self.cp.max_points_per_centroid * 32}
+                )
+                super().train(x)
+
+        def group_sums(labels: np.ndarray, values: np.ndarray, groups: int):
+            counter.update_rows += values.shape[0]
+            return real_group_sums(labels, values, groups)
+
+        def step(*args):
+            counter.stage_calls += 1
+            return real_step(*args)
+
+        monkeypatch.setattr(faiss, "ResidualQuantizer", CountingRQ)
+        monkeypatch.setattr(quantizer, "group_sums", group_sums)
+        monkeypatch.setattr(faiss, "beam_search_encode_step_tab", step)
+
+
+def test_training_work_grows_linearly_with_the_number_of_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = clustered(900, 32, seed=22)
+    per_code = []
+    for m_count in (2, 4, 8):
+        with monkeypatch.context() as patch:
+            counter = _CostCounter(patch)
+            codec = PQVAECodec(dim=32, num_subvectors=m_count, codebook_size=32, iterations=3, patience=None)
+            codec.fit(x, progress=False)
+        report = codec.report
+        assert report.iterations == 3  # the number of refinement iterations does not grow with M
+        (init,) = counter.kmeans
+        assert init["stages"] == m_count
+        # one k-means per stage, each on at most the same number of points whatever M is
+        kmeans_points = min(init["vectors"] * init["beam"], init["points"]) * init["niter"] * init["steps"]
+        n_train = report.num_train_vectors - report.held_out_vectors
+        # 2 sweeps over the M stages per refinement iteration, each over the training vectors once
+        assert counter.update_rows == report.iterations * 2 * m_count * n_train
+        # every encode (train and held out, once per evaluation) steps through the M stages once
+        encodes = (report.iterations + 1) * 2
+        assert counter.stage_calls == encodes * m_count
+        per_code.append((kmeans_points, counter.update_rows / m_count, counter.stage_calls / m_count))
+    assert len(set(per_code)) == 1, per_code
