@@ -67,6 +67,7 @@ def test_building_blocks_on_sqlite(tmp_path: Path) -> None:
                     collection = db.create_collection(search_path.COLLECTION_NAME, model=TINY_TEST_MODEL, codec=codec)
                     result.fill_s = search_path.fill(db, collection, ITEMS, batch=1_000, progress=False)
                     result.disk_bytes, result.disk_what = search_path.disk_bytes(db)
+                    assert search_path.analyze_after_fill(db) is None  # PostgreSQL only
                 else:
                     collection = db.collection(search_path.COLLECTION_NAME)
                 index = search_path.run_in_process(
