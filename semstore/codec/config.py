@@ -8,7 +8,12 @@ from typing import Any
 
 
 #: Options added after codecs were first stored, with the value that means "as before".
-_NEUTRAL_ADDITIONS: dict[str, Any] = {"parallel_weight": 1.0, "patience": None, "kmeans_points_per_centroid": 256}
+_NEUTRAL_ADDITIONS: dict[str, Any] = {
+    "parallel_weight": 1.0,
+    "patience": None,
+    "kmeans_points_per_centroid": 256,  # FAISS's default, which the first codecs were trained with
+    "kmeans_progressive_steps": 10,  # likewise
+}
 
 
 @dataclass(frozen=True)
@@ -26,11 +31,21 @@ class CodecConfig:
     0.2885 against 0.2900) at 23.9k/s, beam 8 0.653 / 0.332 / 0.646 at 35.3k/s
     (bench/RESULTS.md, ``bench/encode_speed.py``; AMD EPYC with native bfloat16).
     ``train_beam_size`` is the beam used while training.
-    Training defaults (beam 8, 25 k-means iterations per stage, 12 refinement iterations)
-    were chosen on the full MiniLM split at 128 bits: against the earlier 4 / 16 / 8 they
-    moved 10-recall@10, paired R@1 and R@10 from 0.652 / 0.321 / 0.645 to 0.654 / 0.332 /
-    0.653, past FAISS RQ (0.653 / 0.329 / 0.638), for 1.9x the fitting time (192 s for
-    20,000 x 384 on 2 cores).
+    Training defaults (beam 8, 12 refinement iterations) were chosen on the full MiniLM split
+    at 128 bits: against the earlier beam 4 / 8 iterations (and 16 k-means iterations) they
+    moved 10-recall@10, paired R@1 and R@10 from 0.652 / 0.321 / 0.645 to 0.654 / 0.332 / 0.653,
+    past FAISS RQ (0.653 / 0.329 / 0.638).
+    The initialisation is FAISS's residual quantizer: per stage, a k-means with
+    ``kmeans_iterations`` iterations in each of ``kmeans_progressive_steps`` steps of growing
+    dimension (FAISS's progressive-dimension k-means) on at most ``kmeans_points_per_centroid``
+    residuals per codeword. It is almost all of the fitting time and its cost per stage does not
+    depend on M. Issue 20 profiled it (bench/RESULTS.md, "Codec fit time"): with the former
+    25 iterations x 10 steps it took 169 of 190 s at M=16 and 837 of 907 s at M=32 (20,000 MiniLM
+    vectors, loaded 2-core machine). Measured on the codec_quality split (20,000 / 5,000, M=16):
+    10 instead of 25 iterations moved the test relative error by 0.001 (0.2781 / 0.2771, both
+    at 64 points per codeword), while 64 instead of 256 points per codeword cost 0.027 (0.2771
+    against 0.2505) and 0.024 10-recall@10, so the points stay at 256; 3 instead of 10 steps made
+    a stage 3.2x cheaper (its k-means objective 0.7 % higher).
     ``patience`` stops the refinement once that many iterations in a row failed to lower the
     error on the held-out tenth of the training set (the best iterate is kept either way);
     ``None`` runs all ``iterations``. On the full MiniLM split at 128 bits the held-out error
@@ -50,8 +65,9 @@ class CodecConfig:
     train_beam_size: int | None = 8
     iterations: int = 12
     patience: int | None = 2
-    kmeans_iterations: int = 25
-    kmeans_points_per_centroid: int = 64
+    kmeans_iterations: int = 10
+    kmeans_points_per_centroid: int = 256
+    kmeans_progressive_steps: int = 3
     query_weighting: float = 0.0
     parallel_weight: float = 1.0
     max_train_vectors: int = 100_000
@@ -71,6 +87,10 @@ class CodecConfig:
             raise ValueError("beam sizes must be >= 1")
         if self.iterations < 0 or self.kmeans_iterations < 1:
             raise ValueError("iterations must be >= 0 and kmeans_iterations >= 1")
+        if not isinstance(self.kmeans_progressive_steps, int) or self.kmeans_progressive_steps < 1:
+            raise ValueError(
+                f"kmeans_progressive_steps must be a positive integer, got {self.kmeans_progressive_steps!r}"
+            )
         if not isinstance(self.kmeans_points_per_centroid, int) or self.kmeans_points_per_centroid < 1:
             raise ValueError(
                 f"kmeans_points_per_centroid must be a positive integer, got {self.kmeans_points_per_centroid!r}"

@@ -138,6 +138,7 @@ def _initial_stage_books(
         quantizer.cp.niter = config.kmeans_iterations
         quantizer.cp.min_points_per_centroid = 1  # small sets are expected; FAISS would warn on stdout
         quantizer.cp.max_points_per_centroid = config.kmeans_points_per_centroid
+        quantizer.cp.progressive_dim_steps = config.kmeans_progressive_steps
         # the cross-product tables FAISS builds for its own encoder ((M*K)^2 * D) are never used here
         quantizer.train_type |= faiss.ResidualQuantizer.Skip_codebook_tables
         quantizer.train(np.ascontiguousarray(train, dtype=np.float32))

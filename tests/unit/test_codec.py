@@ -501,3 +501,16 @@ def test_training_work_grows_linearly_with_the_number_of_codes(monkeypatch: pyte
         assert counter.stage_calls == encodes * m_count
         per_code.append((kmeans_points, counter.update_rows / m_count, counter.stage_calls / m_count))
     assert len(set(per_code)) == 1, per_code
+
+
+def test_initialisation_options_are_validated_and_keep_old_codec_versions() -> None:
+    for name in ("kmeans_points_per_centroid", "kmeans_progressive_steps"):
+        with pytest.raises(ValueError, match=name):
+            PQVAECodec(dim=8, **{name: 0})
+    # a codec stored before the options existed was trained with FAISS's values (256, 10)
+    old = PQVAECodec.load(Path(__file__).parents[1] / "data" / "codec-format1-tiny.safetensors")
+    assert old.config.kmeans_points_per_centroid == 256 and old.config.kmeans_progressive_steps == 10
+    assert "kmeans_progressive_steps" not in old.config.identity_dict()
+    assert old.content_hash.startswith("ce84b4d48877")
+    # new codecs name them in their identity
+    assert PQVAECodec(dim=8).config.identity_dict()["kmeans_progressive_steps"] == 3
