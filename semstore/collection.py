@@ -19,6 +19,7 @@ import numpy as np
 from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.files import is_inside, read_regular_file
+from semstore.index.adc import GATHER_SUBSET_MAX
 from semstore.ingest.images import content_hash, open_image
 from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
 from semstore.names import UnsafePathError
@@ -439,8 +440,10 @@ class Collection:
                 matching = storage.filter_item_ids(session, collection_id=self.id, where=where, among=candidates.tolist())
             if len(matching) >= depth or probe >= total:
                 return index.search(vector, k, rerank=rerank, allowed_ids=matching)
-            wider = 0 if len(matching) == 0 else int(2 * depth * probe / len(matching))
-            if not 0 < wider <= POST_FILTER_MAX or probe >= POST_FILTER_MAX:
+            if len(matching) * total <= GATHER_SUBSET_MAX * probe:
+                break  # about that many items match in all: cheaper to look them up and score them all
+            wider = int(2 * depth * probe / len(matching))
+            if wider > POST_FILTER_MAX or probe >= POST_FILTER_MAX:
                 break
             probe = min(total, wider)
         with self._db.sessions() as session:

@@ -57,8 +57,11 @@ class Database:
         self.pixel_budget = PixelBudget(self.settings.max_decode_pixels)
         self._services: dict[int, IndexService] = {}
         # Tell each collection's index service which revisions this process committed itself.
-        event.listen(self.sessions, "after_commit", self._after_commit)
-        event.listen(self.sessions, "after_rollback", storage.forget_written_revisions)
+        # (before the commit: a search that reads the new revision right after it must already
+        # know it as this process's own write in flight, not take it for another process's)
+        event.listen(self.sessions, "before_commit", self._before_commit)
+        event.listen(self.sessions, "after_commit", storage.forget_written_revisions)
+        event.listen(self.sessions, "after_rollback", self._after_rollback)
 
     # -- collections -----------------------------------------------------------------------
     def create_collection(
@@ -164,13 +167,18 @@ class Database:
         except UnsafePathError:
             return None
 
-    def _after_commit(self, session: Session) -> None:
-        written = revisions_of(session)
-        storage.forget_written_revisions(session)
-        for collection_id, revisions in written.items():
+    def _before_commit(self, session: Session) -> None:
+        for collection_id, revisions in revisions_of(session).items():
             service = self._services.get(collection_id)
             if service is not None:
                 service.committed(revisions)
+
+    def _after_rollback(self, session: Session) -> None:
+        for collection_id, revisions in revisions_of(session).items():
+            service = self._services.get(collection_id)
+            if service is not None:
+                service.rolled_back(revisions)
+        storage.forget_written_revisions(session)
 
     # -- components ------------------------------------------------------------------------
     def encoder(self, model: str, pretrained: str | None) -> Encoder:

@@ -287,8 +287,16 @@ class IndexService:
                 with self._state:
                     self._in_flight.difference_update(unapplied)
 
+    def rolled_back(self, revisions: list[int]) -> None:
+        """Called with the revisions of a transaction that was rolled back after :meth:`committed`."""
+        pending = getattr(self._writer, "pending", None)
+        if pending is not None:
+            pending[:] = [r for r in pending if r not in revisions]
+        with self._state:
+            self._in_flight.difference_update(revisions)
+
     def committed(self, revisions: list[int]) -> None:
-        """Called with the revisions a transaction of this process just committed."""
+        """Called with the revisions a transaction of this process is committing."""
         pending = getattr(self._writer, "pending", None)
         if pending is None:
             return  # not inside writing(): foreign, as far as the index is concerned

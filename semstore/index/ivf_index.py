@@ -157,7 +157,7 @@ class IVFIndex:
             raise ValueError(f"{len(id_array) - len(unique_sorted(id_array))} ids are repeated within the batch")
         lists = _assign(self._codec, self._assigner, code_array)
         with self._lock.write():
-            present = np.isin(id_array, self._ids, assume_unique=True)
+            present = _member(id_array, self._ids)
             if present.any():
                 if not skip_present:
                     raise ValueError(f"{int(present.sum())} ids are already in the index, e.g. {id_array[present][:5].tolist()}")
@@ -168,18 +168,22 @@ class IVFIndex:
             entries[:, : self._coarse_bytes] = lists.astype("<u8").view(np.uint8).reshape(-1, 8)[:, : self._coarse_bytes]
             entries[:, self._coarse_bytes :] = pack_codes(code_array, self._nbits)
             self._ivf.add_sa_codes(np.ascontiguousarray(entries), np.ascontiguousarray(id_array))
-            self._ids = np.union1d(self._ids, id_array)
+            new = np.sort(id_array)
+            if len(self._ids) == 0 or new[0] > self._ids[-1]:
+                self._ids = np.concatenate([self._ids, new])  # the usual case: ids grow
+            else:
+                self._ids = np.insert(self._ids, np.searchsorted(self._ids, new), new)
             return len(id_array)
 
     def remove(self, ids: Any) -> int:
         """Remove the items with these ids; unknown ids are ignored. Returns the count removed."""
         wanted = unique_sorted(as_id_array(ids))
         with self._lock.write():
-            gone = np.ascontiguousarray(wanted[np.isin(wanted, self._ids, assume_unique=True)])
+            gone = np.ascontiguousarray(wanted[_member(wanted, self._ids)])
             if len(gone) == 0:
                 return 0
             removed = int(self._ivf.remove_ids(faiss.IDSelectorArray(len(gone), faiss.swig_ptr(gone))))
-            self._ids = np.setdiff1d(self._ids, gone, assume_unique=True)
+            self._ids = np.delete(self._ids, np.searchsorted(self._ids, gone))
             if removed != len(gone):
                 raise RuntimeError(f"FAISS removed {removed} items, expected {len(gone)}")
             return removed
@@ -189,7 +193,7 @@ class IVFIndex:
         """Codes (n, M) of ``ids`` in the given order; KeyError naming ids not in the index."""
         wanted = as_id_array(ids)
         with self._lock.read():
-            missing = ~np.isin(wanted, self._ids)
+            missing = ~_member(wanted, self._ids)
             if missing.any():
                 raise KeyError(f"ids not in the index: {wanted[missing][:10].tolist()}")
             return self._codes_unlocked(wanted)
@@ -221,7 +225,7 @@ class IVFIndex:
         with self._lock.read():
             if allowed_ids is not None:
                 allowed = unique_sorted(as_id_array(allowed_ids, "allowed_ids"))
-                allowed = allowed[np.isin(allowed, self._ids, assume_unique=True)]
+                allowed = allowed[_member(allowed, self._ids)]
                 scores, ids = self._score_all(sub, allowed, depth)
             else:
                 params = faiss.SearchParametersIVF(nprobe=min(probe, self.nlist))
@@ -299,3 +303,11 @@ class IVFIndex:
             raise IndexCorruptError(f"index in {directory} holds {len(index._ids)} items, its config says {version.count}")
         index.saved_version = version
         return index
+
+
+def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Which of ``ids`` are in ``sorted_ids`` (ascending): binary searches, no sort of the big array."""
+    if len(sorted_ids) == 0 or len(ids) == 0:
+        return np.zeros(len(ids), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[at] == ids
