@@ -433,12 +433,12 @@ class Collection:
         depth = k if rerank is None else max(int(rerank), k)
         total = len(index)
         probe = min(total, max(POST_FILTER_FACTOR * depth, POST_FILTER_MIN))
-        while True:
+        while probe < total:  # (a probe of every item would only cost more than the lookup)
             _, candidates = index.search(vector, probe)
             candidates = candidates[0][candidates[0] >= 0]
             with self._db.sessions() as session:
                 matching = storage.filter_item_ids(session, collection_id=self.id, where=where, among=candidates.tolist())
-            if len(matching) >= depth or probe >= total:
+            if len(matching) >= depth:
                 return index.search(vector, k, rerank=rerank, allowed_ids=matching)
             if len(matching) * total <= GATHER_SUBSET_MAX * probe:
                 break  # about that many items match in all: cheaper to look them up and score them all
