@@ -148,15 +148,15 @@ def decoded_pixels(data: bytes, *, max_pixels: int, min_edge: int | None = None)
     Lets a caller bound a whole request before decoding any of it. Raises
     :class:`BadImageError` like :func:`open_image` for what its header already shows.
     """
-    fp = io.BytesIO(data)
-    image = _open(fp, max_pixels)
+    image, _, _ = _open(io.BytesIO(data), max_pixels)
     with image:
         _draft(image, min_edge)
         width, height = image.size
         return width * height
 
 
-def _open(fp: IO[bytes], max_pixels: int) -> Image.Image:
+def _open(fp: IO[bytes], max_pixels: int) -> tuple[Image.Image, bytes, int]:
+    """The opened (not yet decoded) image, the stream's first bytes and its size, for diagnostics."""
     header = fp.read(_HEADER_BYTES)
     if not header:
         raise BadImageError("empty file")
@@ -180,7 +180,7 @@ def _open(fp: IO[bytes], max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         image.close()
         raise BadImageError(_too_large(width, height, max_pixels))
-    return image
+    return image, header, stream_size
 
 
 def _draft(image: Image.Image, min_edge: int | None) -> None:
@@ -193,10 +193,7 @@ def _draft(image: Image.Image, min_edge: int | None) -> None:
 
 
 def _decode(fp: IO[bytes], max_pixels: int, min_edge: int | None, budget: PixelBudget | None) -> DecodedImage:
-    header = fp.read(_HEADER_BYTES)
-    stream_size = fp.seek(0, io.SEEK_END)
-    fp.seek(0)
-    image = _open(fp, max_pixels)
+    image, header, stream_size = _open(fp, max_pixels)
     with image:
         _check_frames(image)
         full_width, full_height = image.size
