@@ -398,28 +398,31 @@ class Collection:
     ) -> list[SearchHit]:
         """Search with a ready float query vector (1, dim)."""
         checked = check_filter(where, max_keys=self._db.settings.max_filter_keys) if where else None
-        index = self.index
-        if index is None or len(index) == 0:
-            return []
         vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        if checked:
-            scores, ids = self._filtered_search(index, vector, k, rerank, checked)
-        else:
-            scores, ids = index.search(vector, k, rerank=rerank)
-        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
-        if min_score is not None:
-            pairs = [(s, i) for s, i in pairs if s >= min_score]
-        if not pairs:
-            return []
-        with self._db.sessions() as session:
-            rows = storage.get_items(session, collection_id=self.id, ids=[i for _, i in pairs])
+        # One pooled connection, outside any transaction, serves the freshness check, the
+        # filter lookups and the result rows: the fixed cost of a search is two small reads.
+        with self._db.reads.connect() as reader:
+            index = self.index_service.fresh(reader)
+            if index is None or len(index) == 0:
+                return []
+            if checked:
+                scores, ids = self._filtered_search(index, vector, k, rerank, checked, reader)
+            else:
+                scores, ids = index.search(vector, k, rerank=rerank)
+            pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+            if min_score is not None:
+                pairs = [(s, i) for s, i in pairs if s >= min_score]
+            if not pairs:
+                return []
+            rows = storage.hit_rows(reader, collection_id=self.id, ids=[i for _, i in pairs])
         by_id = {row.id: row for row in rows}
         # An id deleted between search and lookup is dropped rather than returned dangling.
         kept = [(s, i) for s, i in pairs if i in by_id]
         return hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
 
     def _filtered_search(
-        self, index: SearchIndex, vector: np.ndarray, k: int, rerank: int | None, where: dict[str, Any]
+        self, index: SearchIndex, vector: np.ndarray, k: int, rerank: int | None, where: dict[str, Any],
+        reader: storage.Reader,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The search restricted to items matching ``where``, exact w.r.t. the filter.
 
@@ -436,8 +439,7 @@ class Collection:
         while probe < total:  # (a probe of every item would only cost more than the lookup)
             _, candidates = index.search(vector, probe)
             candidates = candidates[0][candidates[0] >= 0]
-            with self._db.sessions() as session:
-                matching = storage.filter_item_ids(session, collection_id=self.id, where=where, among=candidates.tolist())
+            matching = storage.filter_item_ids(reader, collection_id=self.id, where=where, among=candidates.tolist())
             if len(matching) >= depth:
                 return index.search(vector, k, rerank=rerank, allowed_ids=matching)
             if len(matching) * total <= GATHER_SUBSET_MAX * probe:
@@ -446,8 +448,7 @@ class Collection:
             if wider > POST_FILTER_MAX or probe >= POST_FILTER_MAX:
                 break
             probe = min(total, wider)
-        with self._db.sessions() as session:
-            allowed = storage.filter_item_ids(session, collection_id=self.id, where=where)
+        allowed = storage.filter_item_ids(reader, collection_id=self.id, where=where)
         if allowed.size == 0:
             return np.full((1, k), -np.inf, dtype=np.float32), np.full((1, k), -1, dtype=np.int64)
         return index.search(vector, k, rerank=rerank, allowed_ids=allowed)

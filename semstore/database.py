@@ -50,6 +50,7 @@ class Database:
             storage.upgrade_head(self.url)
         self.engine = storage.create_db_engine(self.url)
         self.sessions = storage.session_factory(self.engine)
+        self.reads = storage.read_engine(self.engine)  # ``with db.reads.connect()``: the search path's reads
         self._encoder_factory = encoder_factory or self._default_encoder
         self._encoders: OrderedDict[tuple[str, str | None], Encoder] = OrderedDict()
         self._collections: dict[str, Collection] = {}

@@ -139,14 +139,19 @@ class IndexService:
         with self._state:
             return self._revision
 
-    def fresh(self) -> SearchIndex | None:
+    def fresh(self, reader: storage.Reader | None = None) -> SearchIndex | None:
         """The index, caught up with every write committed before this call; None without a codec.
 
-        One read of the collection's revision; the index is loaded, built or caught up only
-        when a write of another process (or a codec change) made that necessary.
+        One read of the collection's revision (through ``reader`` when given, so a search
+        can use one connection for it and for its result rows); the index is loaded, built
+        or caught up only when a write of another process (or a codec change) made that
+        necessary.
         """
-        with self._sessions() as session:
-            stored = storage.collection_revision(session, collection_id=self._collection_id)
+        if reader is not None:
+            stored = storage.collection_revision(reader, collection_id=self._collection_id)
+        else:
+            with self._sessions() as session:
+                stored = storage.collection_revision(session, collection_id=self._collection_id)
         with self._state:
             index = self._index
             if index is not None and stored.codec_id == self._codec_id and self._covers(stored.revision):

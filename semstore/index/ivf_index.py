@@ -12,8 +12,8 @@ One FAISS ``IndexIVFPQ`` (inner product, ``by_residual = False``) holds everythi
 * the coarse centroids live in the sub-query space (``c'`` with ``G c' = c``, see
   :mod:`semstore.index.ivf`); an item goes to the list whose embedding-space centroid ``c``
   has the largest inner product with its decoded vector;
-* list entries are labelled with the item ids, and a hash-table direct map finds an id's
-  code for re-ranking and removal.
+* list entries are labelled with the item ids; a :class:`~semstore.index.code_table.SortedCodeTable`
+  beside the lists finds any id's code (re-ranking, id-filtered scoring) by binary search.
 
 Only the IndexPQ layout (codebooks of more than 16 codewords); 4-bit fast-scan codes scan
 10^6 items in about a millisecond exhaustively.
@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 
 from semstore.codec import PQVAECodec
+from semstore.index.code_table import SortedCodeTable
 from semstore.index.errors import IndexCorruptError, IndexStaleError
 from semstore.index.ivf import _assign, _coarse_centroids, default_nlist
 from semstore.index.layouts import centroids_match, code_bits, pack_codes, shared_centroids, unpack_codes
@@ -62,7 +63,7 @@ class IVFIndex:
         sub_centroids = faiss.rev_swig_ptr(faiss.downcast_index(ivf.quantizer).get_xb(), ivf.nlist * ivf.d)
         self._assigner = faiss.IndexFlatIP(codec.dim)
         self._assigner.add(np.ascontiguousarray((codec.query_matrix @ sub_centroids.reshape(ivf.nlist, ivf.d).T).T, dtype=np.float32))
-        self._ids = np.sort(self._list_ids())
+        self._table = SortedCodeTable(int(ivf.code_size), *self._list_entries())
         self._lock = ReadWriteLock()
         self._save_lock = threading.Lock()
         self._codebook_t = np.ascontiguousarray(codec.codebook.T)
@@ -86,7 +87,6 @@ class IVFIndex:
         ivf.by_residual = False
         faiss.copy_array_to_vector(shared_centroids(codec.codebook, m, nbits), ivf.pq.centroids)
         ivf.is_trained = True
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         return cls(codec, ivf, nprobe=nprobe)
 
     @classmethod
@@ -121,23 +121,23 @@ class IVFIndex:
 
     @property
     def memory_bytes(self) -> int:
-        """Estimated memory of the items: list codes and ids, the id map, the sorted ids."""
-        count = self.ntotal
-        return count * (int(self._ivf.code_size) + 8 + 40 + 8)  # ~40 B per hash-table entry
+        """Memory of the items: list codes and ids, and the sorted id/code table (with its spare room)."""
+        return self.ntotal * (int(self._ivf.code_size) + 8) + self._table.nbytes
 
     @property
     def bytes_per_item(self) -> float:
         count = self.ntotal
-        return self.memory_bytes / count if count else float(int(self._ivf.code_size) + 56)
+        return self.memory_bytes / count if count else float(2 * int(self._ivf.code_size) + 16)
 
     def ids(self) -> np.ndarray:
         """All item ids, ascending."""
         with self._lock.read():
-            return self._ids.copy()
+            return self._table.ids.copy()
 
     def current_version(self, revision: int = 0) -> IndexVersion:
         with self._lock.read():
-            return IndexVersion(self._codec_hash, len(self._ids), int(self._ids[-1]) if len(self._ids) else 0, revision)
+            ids = self._table.ids
+            return IndexVersion(self._codec_hash, len(ids), int(ids[-1]) if len(ids) else 0, revision)
 
     def __repr__(self) -> str:
         return f"IVFIndex(nlist={self.nlist}, nprobe={self.nprobe}, ntotal={self.ntotal}, M={self._codec.num_subvectors})"
@@ -157,7 +157,7 @@ class IVFIndex:
             raise ValueError(f"{len(id_array) - len(unique_sorted(id_array))} ids are repeated within the batch")
         lists = _assign(self._codec, self._assigner, code_array)
         with self._lock.write():
-            present = _member(id_array, self._ids)
+            present = self._table.contains(id_array)
             if present.any():
                 if not skip_present:
                     raise ValueError(f"{int(present.sum())} ids are already in the index, e.g. {id_array[present][:5].tolist()}")
@@ -166,24 +166,22 @@ class IVFIndex:
                     return 0
             entries = np.zeros((len(id_array), self._coarse_bytes + int(self._ivf.code_size)), dtype=np.uint8)
             entries[:, : self._coarse_bytes] = lists.astype("<u8").view(np.uint8).reshape(-1, 8)[:, : self._coarse_bytes]
-            entries[:, self._coarse_bytes :] = pack_codes(code_array, self._nbits)
+            packed = pack_codes(code_array, self._nbits)
+            entries[:, self._coarse_bytes :] = packed
             self._ivf.add_sa_codes(np.ascontiguousarray(entries), np.ascontiguousarray(id_array))
-            new = np.sort(id_array)
-            if len(self._ids) == 0 or new[0] > self._ids[-1]:
-                self._ids = np.concatenate([self._ids, new])  # the usual case: ids grow
-            else:
-                self._ids = np.insert(self._ids, np.searchsorted(self._ids, new), new)
+            self._table.add(id_array, packed)
             return len(id_array)
 
     def remove(self, ids: Any) -> int:
         """Remove the items with these ids; unknown ids are ignored. Returns the count removed."""
         wanted = unique_sorted(as_id_array(ids))
         with self._lock.write():
-            gone = np.ascontiguousarray(wanted[_member(wanted, self._ids)])
+            gone = np.ascontiguousarray(wanted[self._table.contains(wanted)])
             if len(gone) == 0:
                 return 0
-            removed = int(self._ivf.remove_ids(faiss.IDSelectorArray(len(gone), faiss.swig_ptr(gone))))
-            self._ids = np.delete(self._ids, np.searchsorted(self._ids, gone))
+            # (a hashed selector: without a direct map FAISS tests every list entry against it)
+            removed = int(self._ivf.remove_ids(faiss.IDSelectorBatch(gone)))
+            self._table.remove(gone)
             if removed != len(gone):
                 raise RuntimeError(f"FAISS removed {removed} items, expected {len(gone)}")
             return removed
@@ -193,18 +191,13 @@ class IVFIndex:
         """Codes (n, M) of ``ids`` in the given order; KeyError naming ids not in the index."""
         wanted = as_id_array(ids)
         with self._lock.read():
-            missing = ~_member(wanted, self._ids)
+            missing = ~self._table.contains(wanted)
             if missing.any():
                 raise KeyError(f"ids not in the index: {wanted[missing][:10].tolist()}")
             return self._codes_unlocked(wanted)
 
     def _codes_unlocked(self, ids: np.ndarray) -> np.ndarray:
-        size = int(self._ivf.code_size)
-        rows = np.empty((len(ids), size), dtype=np.uint8)
-        direct, lists = self._ivf.direct_map, self._ivf.invlists
-        for row, item in enumerate(ids.tolist()):
-            where = direct.get(item)
-            rows[row] = faiss.rev_swig_ptr(lists.get_single_code(where >> 32, where & 0xFFFFFFFF), size)
+        rows = self._table.rows(ids)
         return unpack_codes(rows, self._codec.num_subvectors, self._nbits).astype(self._codec.code_dtype)
 
     def search(
@@ -225,7 +218,7 @@ class IVFIndex:
         with self._lock.read():
             if allowed_ids is not None:
                 allowed = unique_sorted(as_id_array(allowed_ids, "allowed_ids"))
-                allowed = allowed[_member(allowed, self._ids)]
+                allowed = allowed[self._table.contains(allowed)]
                 scores, ids = self._score_all(sub, allowed, depth)
             else:
                 params = faiss.SearchParametersIVF(nprobe=min(probe, self.nlist))
@@ -267,10 +260,18 @@ class IVFIndex:
         chosen[~np.isfinite(top)] = -1
         return top, chosen
 
-    def _list_ids(self) -> np.ndarray:
-        lists = self._ivf.invlists
-        parts = [faiss.rev_swig_ptr(lists.get_ids(n), lists.list_size(n)).copy() for n in range(self.nlist) if lists.list_size(n)]
-        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+    def _list_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every list entry's (id, packed code), in list order."""
+        lists, size = self._ivf.invlists, int(self._ivf.code_size)
+        ids, rows = [], []
+        for n in range(self.nlist):
+            count = lists.list_size(n)
+            if count:
+                ids.append(faiss.rev_swig_ptr(lists.get_ids(n), count).copy())
+                rows.append(faiss.rev_swig_ptr(lists.get_codes(n), count * size).copy().reshape(count, size))
+        if not ids:
+            return np.empty(0, dtype=np.int64), np.empty((0, size), dtype=np.uint8)
+        return np.concatenate(ids).astype(np.int64), np.concatenate(rows)
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, directory: str | Path, version: IndexVersion) -> Path:
@@ -295,19 +296,11 @@ class IVFIndex:
             raise IndexCorruptError(f"index in {directory} is not this codec's IVF index")
         if not centroids_match(ivf.pq, codec.codebook, codec.num_subvectors, int(ivf.pq.nbits)):
             raise IndexCorruptError(f"index in {directory} holds another codebook")
-        ivf.set_direct_map_type(faiss.DirectMap.NoMap)  # rebuilt from the lists, not trusted from the file
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.set_direct_map_type(faiss.DirectMap.NoMap)  # files saved before kept a hash-table map: not needed
         index = cls(codec, ivf, nprobe=nprobe or int(config.get("nprobe", DEFAULT_NPROBE)))
         index._owner = loaded  # the downcast wrapper does not own the C++ object: keep its owner alive
-        if len(index._ids) != version.count or len(np.unique(index._ids)) != len(index._ids):
-            raise IndexCorruptError(f"index in {directory} holds {len(index._ids)} items, its config says {version.count}")
+        if len(index._table) != version.count or index._table.has_duplicates():
+            raise IndexCorruptError(f"index in {directory} holds {len(index._table)} items, its config says {version.count}")
         index.saved_version = version
         return index
 
-
-def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    """Which of ``ids`` are in ``sorted_ids`` (ascending): binary searches, no sort of the big array."""
-    if len(sorted_ids) == 0 or len(ids) == 0:
-        return np.zeros(len(ids), dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return sorted_ids[at] == ids

@@ -84,6 +84,18 @@ def create_db_engine(url: str, *, sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS
     return create_engine(parsed, **engine_kwargs)
 
 
+def read_engine(engine: Engine) -> Engine:
+    """``engine`` for read-only statements outside any transaction (the search path).
+
+    On PostgreSQL its connections are in autocommit mode, so a read costs its own round trip
+    only, not also a BEGIN and a ROLLBACK; each statement still sees every transaction
+    committed before it. SQLite's driver opens no transaction for a SELECT anyway.
+    """
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """A session factory bound to ``engine``.
 

@@ -1,7 +1,8 @@
 """Repository functions: every read and write of the database goes through here.
 
-All functions take a :class:`~sqlalchemy.orm.Session` first and keyword-only
-arguments after it. They never commit: the caller owns the transaction (see
+All functions take a :class:`~sqlalchemy.orm.Session` first (the read-only ones marked
+``Reader`` also a plain :class:`~sqlalchemy.engine.Connection`, as the search path uses) and
+keyword-only arguments after it. They never commit: the caller owns the transaction (see
 :func:`semstore.storage.engine.transaction`), so an item and its codes, or a batch
 of items and the collection revision bump, commit or roll back together.
 """
@@ -23,19 +24,22 @@ from sqlalchemy import (
     Select,
     Table,
     Text,
+    any_,
     delete,
     func,
     insert,
     intersect,
+    literal,
     or_,
     select,
     type_coerce,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.types import Float, Integer, LargeBinary, String
+from sqlalchemy.types import BigInteger, Float, Integer, LargeBinary, String
 
 from semstore.storage.errors import (
     ApiKeyExistsError,
@@ -62,6 +66,9 @@ STREAM_CHUNK_ROWS = 65_536
 MAX_SOURCE_URI_CHARS = 4096
 
 _T = TypeVar("_T")
+
+#: A session or a bare connection: what the read-only functions of the search path accept.
+Reader = Session | Connection
 _first = itemgetter(0)
 _second = itemgetter(1)
 
@@ -102,8 +109,24 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _dialect(session: Session) -> str:
+def _dialect(session: Reader) -> str:
+    if isinstance(session, Connection):
+        return session.dialect.name
     return session.get_bind().dialect.name
+
+
+def _id_in(column: Any, ids: Sequence[int], dialect: str) -> ColumnElement[bool]:
+    """``column IN ids`` with the whole list bound as ONE parameter.
+
+    An expanding ``IN (?, ?, ...)`` of thousands of ids is compiled anew for every length
+    (most of a filtered search's time at 10^4 candidates); one array (PostgreSQL) or one
+    JSON text (SQLite ``json_each``) keeps the statement cached and the parameters cheap.
+    """
+    values = [int(i) for i in ids]
+    if dialect == "postgresql":
+        return column == any_(literal(values, ARRAY(BigInteger)))
+    table = func.json_each(literal("[" + ",".join(map(str, values)) + "]", Text)).table_valued("value")
+    return column.in_(select(table.c.value))
 
 
 def _is_unique_violation(exc: IntegrityError) -> bool:
@@ -146,7 +169,7 @@ class CollectionRevision(NamedTuple):
     codec_id: int | None
 
 
-def collection_revision(session: Session, *, collection_id: int) -> CollectionRevision:
+def collection_revision(session: Reader, *, collection_id: int) -> CollectionRevision:
     """The revision and codec id of a collection: one primary-key lookup, whatever its size."""
     row = session.execute(
         select(Collection.revision, Collection.codec_id).where(Collection.id == collection_id)
@@ -342,6 +365,24 @@ def get_items(session: Session, *, collection_id: int, ids: Sequence[int]) -> li
     return [by_id[i] for i in wanted if i in by_id]
 
 
+_HIT_COLUMNS = (Item.id, Item.source_uri, Item.metadata_.label("metadata_"), Item.width, Item.height)
+
+
+def hit_rows(session: Reader, *, collection_id: int, ids: Sequence[int]) -> list[Row[Any]]:
+    """What a search result shows of these items (``id, source_uri, metadata_, width, height``),
+    in the order of ``ids``; ids not in the collection are skipped.
+
+    Plain rows, not ORM objects: a search fetches these for every query, so neither codes
+    nor identity-map bookkeeping are paid for.
+    """
+    wanted = [int(i) for i in ids]
+    by_id: dict[int, Row[Any]] = {}
+    for chunk in _chunks(list(dict.fromkeys(wanted))):
+        for row in session.execute(select(*_HIT_COLUMNS).where(Item.collection_id == collection_id, Item.id.in_(chunk))):
+            by_id[row.id] = row
+    return [by_id[i] for i in wanted if i in by_id]
+
+
 def delete_items(session: Session, *, collection_id: int, ids: Sequence[int]) -> int:
     """Delete these items of the collection; return how many were deleted."""
     unique_ids = list(dict.fromkeys(int(i) for i in ids))
@@ -368,8 +409,8 @@ def update_item_metadata(
     return item
 
 
-#: The SQLite-only ``item_metadata`` postings table of migration 0003 (not an ORM model:
-#: PostgreSQL serves the same filters from a GIN index over ``items.metadata``).
+#: The ``item_metadata`` postings of SQLite (migration 0003; not an ORM model: the two
+#: dialects store the value differently) ...
 ITEM_METADATA = Table(
     "item_metadata",
     MetaData(),
@@ -378,6 +419,16 @@ ITEM_METADATA = Table(
     Column("key", Text),
     Column("type", Text),
     Column("value", LargeBinary()),  # BLOB affinity on SQLite: values keep their own types
+)
+
+#: ... and of PostgreSQL (migration 0004), where jsonb equality tells the types apart.
+PG_ITEM_METADATA = Table(
+    "item_metadata",
+    MetaData(),
+    Column("item_id", BigInteger),
+    Column("collection_id", Integer),
+    Column("key", Text),
+    Column("value", JSONB),
 )
 
 
@@ -397,19 +448,27 @@ def _sqlite_posting_ids(collection_id: int, key: str, value: MetadataValue, amon
         number = type_coerce(value, Float if isinstance(value, float) else Integer)
         conditions += [column.value == number, column.type.in_(("integer", "real"))]
     if among is not None:
-        conditions.append(column.item_id.in_(list(among)))
+        conditions.append(_id_in(column.item_id, among, "sqlite"))
+    return select(column.item_id).where(*conditions)
+
+
+def _pg_posting_ids(collection_id: int, key: str, value: MetadataValue, among: Sequence[int] | None) -> Select[Any]:
+    """Ids of items with ``key: value``, from PostgreSQL's ``item_metadata`` postings (migration 0004)."""
+    column = PG_ITEM_METADATA.c
+    conditions = [column.collection_id == collection_id, column.key == key, column.value == literal(value, JSONB)]
+    if among is not None:
+        conditions.append(_id_in(column.item_id, among, "postgresql"))
     return select(column.item_id).where(*conditions)
 
 
 def filter_item_ids(
-    session: Session, *, collection_id: int, where: Mapping[str, MetadataValue], among: Sequence[int] | None = None
+    session: Reader, *, collection_id: int, where: Mapping[str, MetadataValue], among: Sequence[int] | None = None
 ) -> np.ndarray:
     """Ids (int64, ascending) of the collection's items whose metadata has every ``key: value``.
 
     Types matter: ``"1"``, ``1`` and ``true`` are different values; ``1`` and ``1.0`` are equal.
-    Served by an index (PostgreSQL: GIN over the metadata; SQLite: the ``item_metadata``
-    postings), so a filter that matches few items costs little whatever the collection's
-    size. ``among`` restricts the answer to those candidate ids.
+    Served by the ``item_metadata`` postings (one btree range per key), so a filter that
+    matches few items costs little whatever the collection's size. ``among`` restricts the answer to those candidate ids.
     """
     for key, value in where.items():
         if not isinstance(key, str):
@@ -421,21 +480,17 @@ def filter_item_ids(
     if among is not None and len(among) == 0:
         return np.empty(0, dtype=np.int64)
     dialect = _dialect(session)
-    if dialect == "sqlite" and where:
-        selects = [_sqlite_posting_ids(collection_id, key, value, among) for key, value in where.items()]
+    if dialect not in ("sqlite", "postgresql"):
+        raise StorageError(f"metadata filters are not implemented for {dialect}")
+    if where:
+        posting = _sqlite_posting_ids if dialect == "sqlite" else _pg_posting_ids
+        selects = [posting(collection_id, key, value, among) for key, value in where.items()]
         query = selects[0] if len(selects) == 1 else select(intersect(*selects).subquery().c.item_id)
-        return np.unique(np.asarray(session.scalars(query).all(), dtype=np.int64))  # sorted, as documented
+        return np.unique(np.fromiter(session.execute(query).scalars(), dtype=np.int64))  # sorted, as documented
     conditions: list[ColumnElement[bool]] = [Item.collection_id == collection_id]
     if among is not None:
-        conditions.append(Item.id.in_(list(among)))
-    if dialect == "postgresql":
-        if where:
-            # JSONB containment (served by the GIN index) compares JSON values by type: "1", 1 and true differ, 1 == 1.0.
-            conditions.append(type_coerce(Item.metadata_, JSONB).contains(dict(where)))
-    elif dialect != "sqlite":
-        raise StorageError(f"metadata filters are not implemented for {dialect}")
-    ids = session.scalars(select(Item.id).where(*conditions).order_by(Item.id)).all()
-    return np.asarray(ids, dtype=np.int64)
+        conditions.append(_id_in(Item.id, among, dialect))
+    return np.fromiter(session.execute(select(Item.id).where(*conditions).order_by(Item.id)).scalars(), dtype=np.int64)
 
 
 def _stream_id_code_rows(

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import semstore
+from semstore import storage
 from semstore.ingest.images import content_hash
 from semstore.storage import (
     ApiKeyExistsError,
@@ -66,7 +67,7 @@ from semstore.storage import (
 M = 16  # subvectors per code in these tests
 
 
-#: Filter indexes that exist on one dialect only, created by migration 0003 and not mapped.
+#: Filter postings (migrations 0003, 0004) and the GIN index 0004 dropped: not mapped.
 _DIALECT_FILTER_INDEXES = {("table", "item_metadata"), ("index", "ix_items_metadata"),
                            ("index", "ix_item_metadata_lookup"), ("index", "ix_item_metadata_item")}  # fmt: skip
 
@@ -612,3 +613,43 @@ def test_every_timestamp_reads_back_as_aware_utc(db_sessions: sessionmaker[Sessi
     for stamp in stamps:
         assert stamp is not None and stamp.utcoffset() == timedelta(0), stamp
         assert before <= stamp <= after
+
+
+def test_filter_item_ids_among_candidates_and_hit_rows_on_a_plain_connection(db_url: str) -> None:
+    # The search path's reads: one pooled connection outside a transaction (autocommit on
+    # PostgreSQL), candidate id lists of thousands bound as one parameter.
+    upgrade_head(db_url)
+    engine = create_db_engine(db_url)
+    sessions = storage.session_factory(engine)
+    try:
+        codec_id = _codec_id(sessions)
+        photos = _collection_id(sessions, "photos", codec_id)
+        other = _collection_id(sessions, "other", codec_id)
+        items = [
+            NewItem(f"u{i}", _h(f"h{i}"), b"\x01" * M, codec_id, metadata={"m3": i % 3 == 0, "tag": f"t{i % 7}"}, width=i, height=1)
+            for i in range(3_000)
+        ]
+        with transaction(sessions) as session:
+            ids = np.asarray(add_items(session, collection_id=photos, items=items), dtype=np.int64)
+            foreign = add_items(session, collection_id=other, items=items[:5])
+        m3 = np.asarray([i % 3 == 0 for i in range(3_000)])
+        rng = np.random.default_rng(1)
+        among = np.concatenate([rng.choice(ids, 2_000, replace=False), ids[:50], np.asarray(foreign), [ids.max() + 10]])
+        with storage.read_engine(engine).connect() as reader:
+            found = filter_item_ids(reader, collection_id=photos, where={"m3": True}, among=among.tolist())
+            np.testing.assert_array_equal(found, np.intersect1d(among, ids[m3]))
+            both = filter_item_ids(reader, collection_id=photos, where={"m3": True, "tag": "t0"}, among=among.tolist())
+            np.testing.assert_array_equal(both, np.intersect1d(among, ids[m3 & (np.arange(3_000) % 7 == 0)]))
+            unfiltered = filter_item_ids(reader, collection_id=photos, where={}, among=among.tolist())
+            np.testing.assert_array_equal(unfiltered, np.intersect1d(among, ids))
+            assert filter_item_ids(reader, collection_id=photos, where={"m3": True}, among=[]).size == 0
+            wanted = [int(ids[5]), int(ids[2]), int(foreign[0]), int(ids[5])]
+            rows = storage.hit_rows(reader, collection_id=photos, ids=wanted)
+            assert [(r.id, r.source_uri, r.metadata_, r.width) for r in rows] == [
+                (int(ids[5]), "u5", {"m3": False, "tag": "t5"}, 5),
+                (int(ids[2]), "u2", {"m3": False, "tag": "t2"}, 2),
+                (int(ids[5]), "u5", {"m3": False, "tag": "t5"}, 5),
+            ]
+            assert storage.collection_revision(reader, collection_id=photos).codec_id == codec_id
+    finally:
+        engine.dispose()

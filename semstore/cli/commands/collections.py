@@ -1,7 +1,6 @@
 """Commands managing collections: init, collections, stats, delete-collection."""
 
 import dataclasses
-from pathlib import Path
 from typing import Annotated
 
 import typer
