@@ -313,10 +313,15 @@ class ADCIndex:
             "codebook_size": self._codec.codebook_size,
             "subvector_dim": self._codec.subvector_dim,
         }
-        with self._save_lock, self._lock.read():
-            if version.count != self._store.ntotal:
-                raise ValueError(f"version says {version.count} items, the index holds {self._store.ntotal}")
-            return write_index_dir(directory, self._store.index, version, meta)
+        with self._save_lock:
+            with self._lock.read():
+                if version.count != self._store.ntotal:
+                    raise ValueError(f"version says {version.count} items, the index holds {self._store.ntotal}")
+                # Serialised in memory under the read lock (a copy at memory speed); the slow
+                # part, writing and fsyncing the file, runs after it, so a waiting add (and the
+                # searches queued behind that writer) never waits for the disk.
+                serialized = faiss.serialize_index(self._store.index)
+            return write_index_dir(directory, serialized, version, meta)
 
     @classmethod
     def load(

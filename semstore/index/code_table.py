@@ -97,7 +97,7 @@ class SortedCodeTable:
     def _reserve(self, needed: int) -> None:
         if needed <= len(self._ids):
             return
-        capacity = max(needed, len(self._ids) + len(self._ids) // 4, 1024)
+        capacity = max(needed, len(self._ids) + len(self._ids) // 4)
         ids = np.empty(capacity, dtype=np.int64)
         rows = np.empty((capacity, self.row_bytes), dtype=np.uint8)
         ids[: self._size] = self._ids[: self._size]

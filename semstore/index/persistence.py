@@ -61,8 +61,11 @@ class IndexVersion:
         return cls(**data)
 
 
-def write_index_dir(directory: str | Path, index: faiss.Index, version: IndexVersion, meta: dict[str, Any]) -> Path:
-    """Save ``index`` into ``directory`` atomically; returns the new index file's path.
+def write_index_dir(
+    directory: str | Path, index: faiss.Index | np.ndarray, version: IndexVersion, meta: dict[str, Any]
+) -> Path:
+    """Save ``index`` (a FAISS index, or one already serialised by ``faiss.serialize_index``)
+    into ``directory`` atomically; returns the new index file's path.
 
     ``meta`` (layout, code shape, ...) is stored in ``config.json`` next to the version.
     """
@@ -72,9 +75,15 @@ def write_index_dir(directory: str | Path, index: faiss.Index, version: IndexVer
     tmp_index = folder / f".{name}.{token}.tmp"
     try:
         create_private_file(tmp_index)  # FAISS truncates it and keeps its 0600 mode
-        faiss.write_index(index, str(tmp_index))
-        _fsync_file(tmp_index)
-        digest = _sha256_file(tmp_index)
+        if isinstance(index, np.ndarray):
+            with open(tmp_index, "wb") as handle:
+                handle.write(memoryview(index))
+            digest = hashlib.sha256(memoryview(index)).hexdigest()
+            _fsync_file(tmp_index)
+        else:
+            faiss.write_index(index, str(tmp_index))
+            _fsync_file(tmp_index)
+            digest = _sha256_file(tmp_index)
         size = tmp_index.stat().st_size
         os.replace(tmp_index, folder / name)
     finally:

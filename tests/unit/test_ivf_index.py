@@ -77,3 +77,26 @@ def test_four_bit_codecs_stay_exhaustive(coded) -> None:  # noqa: ANN001
     codec, codes = coded(16)
     with pytest.raises(ValueError, match="more than 16"):
         IVFIndex.build(codec, item_ids(len(codes)), codes)
+
+
+def test_lists_chosen_in_the_embedding_space_are_faiss_own_choice(both, queries) -> None:  # noqa: ANN001
+    # search picks lists with the dim-wide embedding-space centroids, not FAISS's M*d-wide
+    # quantizer: both must rank the lists alike, and nprobe=3 must equal FAISS's own search.
+    ivf, _, _, _ = both
+    sub, offset = ivf.codec.query_parts(queries)
+    _, by_faiss = ivf._ivf.quantizer.search(sub, 3)
+    _, by_embedding = ivf._assigner.search(np.ascontiguousarray(queries, dtype=np.float32), 3)
+    np.testing.assert_array_equal(by_embedding, by_faiss)
+    import faiss
+
+    faiss_scores, faiss_ids = ivf._ivf.search(sub, 10, params=faiss.SearchParametersIVF(nprobe=3))
+    scores, ids = ivf.search(queries, 10, nprobe=3)
+    np.testing.assert_allclose(scores, faiss_scores + offset[:, None], atol=1e-5)
+    assert (ids == faiss_ids).mean() > 0.99
+
+
+def test_memory_is_codes_twice_and_ids_twice(both) -> None:  # noqa: ANN001
+    ivf, _, ids, _ = both
+    code_bytes = ivf.codec.num_subvectors  # 8-bit codes: one byte per sub-vector
+    assert ivf.bytes_per_item == pytest.approx(2 * code_bytes + 16)  # list code + id, table code + id
+    assert ivf.memory_bytes == len(ids) * (2 * code_bytes + 16)
