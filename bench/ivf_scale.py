@@ -48,8 +48,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,14 +56,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench import search_data  # noqa: E402
 from bench.datasets import SyntheticSpace  # noqa: E402
 from bench.metrics import recall_at_k  # noqa: E402
 from bench.report import CACHE, command_line, load_average, machine_facts  # noqa: E402
+from bench.report import limit_threads as threads  # noqa: E402
 from semstore.codec import PQVAECodec  # noqa: E402
 from semstore.codec.lut_search import native_bfloat16  # noqa: E402
 from semstore.index import ADCIndex  # noqa: E402
@@ -87,16 +85,6 @@ WARMUP_QUERIES = 5
 # --------------------------------------------------------------------------- helpers
 
 
-@contextmanager
-def threads(count: int) -> Iterator[None]:
-    """FAISS OpenMP and BLAS/numpy threads limited to ``count`` together."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(count)
-    try:
-        with threadpool_limits(count):
-            yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def rss_mib() -> float:

@@ -8,7 +8,8 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,3 +96,27 @@ def publish_section(lines: list[str], *, append: bool, path: Path = RESULTS) -> 
     if append:
         with path.open("a", encoding="utf-8") as out:
             out.write("\n" + text)
+
+
+@contextmanager
+def limit_threads(count: int, *, torch: bool = False) -> Iterator[None]:
+    """FAISS OpenMP and BLAS/numpy threads (and torch's intra-op threads with ``torch``)
+    limited to ``count`` together for the ``with`` block."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    before = faiss.omp_get_max_threads()
+    torch_module = None
+    if torch:
+        import torch as torch_module
+
+        before_torch = torch_module.get_num_threads()
+        torch_module.set_num_threads(count)
+    faiss.omp_set_num_threads(count)
+    try:
+        with threadpool_limits(count):
+            yield
+    finally:
+        faiss.omp_set_num_threads(before)
+        if torch_module is not None:
+            torch_module.set_num_threads(before_torch)

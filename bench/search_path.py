@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import multiprocessing
 import os
 import pstats
@@ -54,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,11 +62,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
 
-from bench.report import load_average, machine_facts  # noqa: E402
+from bench.report import limit_threads, load_average, machine_facts  # noqa: E402
 from semstore import storage  # noqa: E402
 from semstore.codec import PQVAECodec  # noqa: E402
 from semstore.collection import DEFAULT_RERANK, Collection  # noqa: E402
@@ -182,20 +179,9 @@ class BackendResult:
         return self.items / self.fill_s if self.fill_s else float("nan")
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
+def one_thread() -> AbstractContextManager[None]:
     """FAISS OpenMP, torch intra-op and BLAS threads limited to one together."""
-    import torch
-
-    before_faiss, before_torch = faiss.omp_get_max_threads(), torch.get_num_threads()
-    faiss.omp_set_num_threads(1)
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        faiss.omp_set_num_threads(before_faiss)
-        torch.set_num_threads(before_torch)
+    return limit_threads(1, torch=True)
 
 
 def round_robin(
@@ -497,12 +483,7 @@ def free_port() -> int:
 def server_env(settings: Settings) -> dict[str, str]:
     """``SEMSTORE_*`` variables reproducing ``settings`` (and one thread everywhere) for ``python -m server``."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("SEMSTORE_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            if name == "pretrained":
-                env["SEMSTORE_PRETRAINED"] = ""
-            continue
-        env[f"SEMSTORE_{name.upper()}"] = json.dumps([str(v) for v in value]) if isinstance(value, list) else str(value)
+    env.update(settings.as_environment())
     env["PYTHONPATH"] = str(REPO)
     env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
     return env

@@ -29,8 +29,7 @@ import io
 import pstats
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,11 +38,11 @@ if __package__ in (None, ""):
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench import search_data  # noqa: E402
 from bench.metrics import recall_at_k  # noqa: E402
 from bench.report import load_average, median_seconds, publish  # noqa: E402
+from bench.report import limit_threads as threads  # noqa: E402
 from semstore.index import ADCIndex  # noqa: E402
 from semstore.index.ivf import IVFADCIndex, default_nlist  # noqa: E402
 
@@ -73,16 +72,6 @@ class Row:
     build_s: float = 0.0
 
 
-@contextmanager
-def threads(count: int) -> Iterator[None]:
-    """FAISS OpenMP and BLAS/numpy threads limited to ``count`` together."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(count)
-    try:
-        with threadpool_limits(count):
-            yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def _timed(build: Callable[[], object]) -> tuple[object, float]:

@@ -7,10 +7,12 @@ component needs configuration.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from semstore.names import child_folder
@@ -120,6 +122,24 @@ class Settings(BaseSettings):
     index_poll_seconds: float = Field(
         default=2.0, ge=0, description="How often the server applies other replicas' writes to its indexes (0: only on request)."
     )
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _empty_pretrained_is_none(cls, value: object) -> object:
+        # SEMSTORE_PRETRAINED= (empty) is how an environment says "no pretrained weights"
+        return None if value == "" else value
+
+    def as_environment(self) -> dict[str, str]:
+        """``SEMSTORE_*`` variables from which a new process (a server, a worker) reads these
+        same settings; lists as JSON, a ``pretrained`` of None as the empty string."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                if name == "pretrained":
+                    env["SEMSTORE_PRETRAINED"] = ""
+                continue
+            env[f"SEMSTORE_{name.upper()}"] = json.dumps([str(v) for v in value]) if isinstance(value, list) else str(value)
+        return env
 
     def resolved_database_url(self) -> str:
         """The database URL to use: the explicit one, or a SQLite file in ``data_dir``."""

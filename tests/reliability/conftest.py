@@ -7,7 +7,6 @@ to the long run recorded in ``RESULTS.md``. Tests print their figures (run with 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -123,13 +122,7 @@ def free_port() -> int:
 def server_env(settings: Settings) -> dict[str, str]:
     """``SEMSTORE_*`` variables that reproduce ``settings`` in a server subprocess."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("SEMSTORE_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            if name == "pretrained":
-                env["SEMSTORE_PRETRAINED"] = ""
-            continue
-        text = json.dumps([str(v) for v in value]) if isinstance(value, list) else str(value)
-        env[f"SEMSTORE_{name.upper()}"] = text
+    env.update(settings.as_environment())
     env["PYTHONPATH"] = str(REPO)
     env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
     return env

@@ -118,3 +118,19 @@ def test_text_batcher_embeds_concurrent_queries_together() -> None:
     for row, result in enumerate(results):
         assert result.shape == (1, expected.shape[1])
         np.testing.assert_allclose(result[0], expected[row], atol=1e-5)
+
+
+def test_settings_as_environment_round_trips(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from semstore.config import Settings
+
+    settings = Settings(
+        data_dir=tmp_path, database_url="sqlite:///x.db", pretrained=None, cors_origins=["http://a", "http://b"],
+        threads=1, index_kind="ivf",
+    )  # fmt: skip
+    env = settings.as_environment()
+    assert env["SEMSTORE_PRETRAINED"] == "" and env["SEMSTORE_INDEX_KIND"] == "ivf"
+    for key in [k for k in __import__("os").environ if k.startswith("SEMSTORE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
