@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
 from semstore import storage
 from semstore.codec import PQVAECodec
@@ -399,26 +400,58 @@ class Collection:
         """Search with a ready float query vector (1, dim)."""
         checked = check_filter(where, max_keys=self._db.settings.max_filter_keys) if where else None
         vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        # One pooled connection, outside any transaction, serves the freshness check, the
-        # filter lookups and the result rows: the fixed cost of a search is two small reads.
-        with self._db.reads.connect() as reader:
-            index = self.index_service.fresh(reader)
-            if index is None or len(index) == 0:
-                return []
-            if checked:
-                scores, ids = self._filtered_search(index, vector, k, rerank, checked, reader)
-            else:
-                scores, ids = index.search(vector, k, rerank=rerank)
-            pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
-            if min_score is not None:
-                pairs = [(s, i) for s, i in pairs if s >= min_score]
-            if not pairs:
-                return []
-            rows = storage.hit_rows(reader, collection_id=self.id, ids=[i for _, i in pairs])
+        try:
+            return self._search_once(vector, k, checked, min_score, rerank)
+        except storage.ConnectionLostError:
+            logger.info("search: the database dropped the connection; retrying on a new one")
+            return self._search_once(vector, k, checked, min_score, rerank)
+
+    def _search_once(
+        self, vector: np.ndarray, k: int, where: dict[str, Any] | None, min_score: float | None, rerank: int | None
+    ) -> list[SearchHit]:
+        service, engine = self.index_service, self._db.reads
+        with engine.connect() as connection:
+            reads = storage.SearchReads(connection)
+            try:
+                # Optimistic: search the index in memory and check it against the revision
+                # that comes back with the hit rows (one statement). Every write committed
+                # before this call has a revision <= that one, so if the index covers it the
+                # answer is exact; only a write of another process (or the first search)
+                # costs a catch-up and a second pass.
+                index, checked = service.loaded, False
+                if index is None:
+                    index, checked = service.fresh(reads.revision(self.id)), True
+                while True:
+                    pairs = self._top_pairs(index, vector, k, rerank, where, min_score, connection)
+                    rows, stored = reads.hit_rows(self.id, [i for _, i in pairs])
+                    if checked or service.fresh_as_of(stored) is index:
+                        break
+                    index, checked = service.fresh(stored), True
+            except (storage.ConnectionLostError, DBAPIError) as exc:
+                if isinstance(exc, DBAPIError) and not exc.connection_invalidated:
+                    raise
+                engine.dispose(close=False)  # the pool's other connections are likely dead too
+                raise storage.ConnectionLostError("the database dropped the connection") from exc
         by_id = {row.id: row for row in rows}
         # An id deleted between search and lookup is dropped rather than returned dangling.
         kept = [(s, i) for s, i in pairs if i in by_id]
         return hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
+
+    def _top_pairs(
+        self, index: SearchIndex | None, vector: np.ndarray, k: int, rerank: int | None,
+        where: dict[str, Any] | None, min_score: float | None, reader: storage.Reader,
+    ) -> list[tuple[float, int]]:
+        """``(score, id)`` of the best items of ``index`` (none without an index)."""
+        if index is None or len(index) == 0:
+            return []
+        if where:
+            scores, ids = self._filtered_search(index, vector, k, rerank, where, reader)
+        else:
+            scores, ids = index.search(vector, k, rerank=rerank)
+        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        if min_score is not None:
+            pairs = [(s, i) for s, i in pairs if s >= min_score]
+        return pairs
 
     def _filtered_search(
         self, index: SearchIndex, vector: np.ndarray, k: int, rerank: int | None, where: dict[str, Any],

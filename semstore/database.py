@@ -228,6 +228,8 @@ class Database:
                 service.save(force=True)
             except Exception as exc:  # noqa: BLE001 - a failed save only costs a catch-up at the next start
                 logger.warning("could not save an index on close: %s", exc)
+        if self.reads is not self.engine:
+            self.reads.dispose()
         self.engine.dispose()
 
     def __enter__(self) -> "Database":

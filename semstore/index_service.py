@@ -139,26 +139,30 @@ class IndexService:
         with self._state:
             return self._revision
 
-    def fresh(self, reader: storage.Reader | None = None) -> SearchIndex | None:
+    def fresh(self, stored: storage.CollectionRevision | None = None) -> SearchIndex | None:
         """The index, caught up with every write committed before this call; None without a codec.
 
-        One read of the collection's revision (through ``reader`` when given, so a search
-        can use one connection for it and for its result rows); the index is loaded, built
-        or caught up only when a write of another process (or a codec change) made that
-        necessary.
+        One read of the collection's revision (or ``stored``, read by the caller after the
+        call began, e.g. on the connection its search uses for everything); the index is
+        loaded, built or caught up only when a write of another process (or a codec change)
+        made that necessary.
         """
-        if reader is not None:
-            stored = storage.collection_revision(reader, collection_id=self._collection_id)
-        else:
+        if stored is None:
             with self._sessions() as session:
                 stored = storage.collection_revision(session, collection_id=self._collection_id)
+        index = self.fresh_as_of(stored)
+        if index is not None or stored.codec_id is None:
+            return index
+        return self._refresh(stored)
+
+    def fresh_as_of(self, stored: storage.CollectionRevision) -> SearchIndex | None:
+        """The index in memory if it reflects ``stored`` (its writes or this process's own in
+        flight); None when it would need loading or catching up. Reads nothing."""
         with self._state:
             index = self._index
             if index is not None and stored.codec_id == self._codec_id and self._covers(stored.revision):
                 return index
-        if stored.codec_id is None:
-            return None
-        return self._refresh(stored)
+        return None
 
     def _covers(self, revision: int) -> bool:
         """Whether every revision up to ``revision`` is reflected or an own write in flight (under ``_state``)."""

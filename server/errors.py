@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from semstore.storage import ConnectionLostError
+
 logger = logging.getLogger("semstore.server")
 
 _STATUS_CODES: dict[int, str] = {
@@ -186,6 +188,7 @@ def install_error_handlers(app: FastAPI) -> None:
     for exc_class, status_code, code in _library_errors():
         app.add_exception_handler(exc_class, library_error(status_code, code))
     app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(ConnectionLostError, database_unavailable)
     app.add_exception_handler(Exception, unexpected_error)
 
 

@@ -25,12 +25,14 @@ from semstore.storage.errors import (
     CodecNotFoundError,
     CollectionExistsError,
     CollectionNotFoundError,
+    ConnectionLostError,
     CorruptCodesError,
     DuplicateItemError,
     ItemNotFoundError,
     MigrationError,
     StorageError,
 )
+from semstore.storage.search_reads import HitRow, SearchReads
 from semstore.storage.migrate import current_revision, head_revision, upgrade_head
 from semstore.storage.models import API_KEY_SCOPES, ApiKey, Base, Codec, Collection, Item
 from semstore.storage.repository import (
@@ -57,7 +59,6 @@ from semstore.storage.repository import (
     get_collection_by_id,
     get_item,
     get_items,
-    hit_rows,
     item_ids,
     list_api_keys,
     list_collections,
@@ -87,6 +88,7 @@ __all__ = [
     "CollectionFingerprint",
     "CollectionNotFoundError",
     "CollectionRevision",
+    "ConnectionLostError",
     "CollectionState",
     "CorruptCodesError",
     "DuplicateItemError",
@@ -96,6 +98,8 @@ __all__ = [
     "NewItem",
     "Reader",
     "StorageError",
+    "HitRow",
+    "SearchReads",
     "add_items",
     "collection_fingerprint",
     "collection_revision",
@@ -119,7 +123,6 @@ __all__ = [
     "get_item",
     "get_items",
     "head_revision",
-    "hit_rows",
     "item_ids",
     "list_api_keys",
     "list_collections",

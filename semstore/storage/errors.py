@@ -44,3 +44,8 @@ class ApiKeyExistsError(StorageError):
 
 class ApiKeyNotFoundError(StorageError):
     """No API key with this name."""
+
+
+class ConnectionLostError(StorageError):
+    """The database dropped the connection a read was using (a server restart, a killed
+    backend); a retry on a new connection may succeed."""

@@ -36,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import BigInteger, Float, Integer, LargeBinary, String
@@ -362,24 +362,6 @@ def get_items(session: Session, *, collection_id: int, ids: Sequence[int]) -> li
     for chunk in _chunks(list(dict.fromkeys(wanted))):
         for item in session.scalars(select(Item).where(Item.collection_id == collection_id, Item.id.in_(chunk))):
             by_id[item.id] = item
-    return [by_id[i] for i in wanted if i in by_id]
-
-
-_HIT_COLUMNS = (Item.id, Item.source_uri, Item.metadata_.label("metadata_"), Item.width, Item.height)
-
-
-def hit_rows(session: Reader, *, collection_id: int, ids: Sequence[int]) -> list[Row[Any]]:
-    """What a search result shows of these items (``id, source_uri, metadata_, width, height``),
-    in the order of ``ids``; ids not in the collection are skipped.
-
-    Plain rows, not ORM objects: a search fetches these for every query, so neither codes
-    nor identity-map bookkeeping are paid for.
-    """
-    wanted = [int(i) for i in ids]
-    by_id: dict[int, Row[Any]] = {}
-    for chunk in _chunks(list(dict.fromkeys(wanted))):
-        for row in session.execute(select(*_HIT_COLUMNS).where(Item.collection_id == collection_id, Item.id.in_(chunk))):
-            by_id[row.id] = row
     return [by_id[i] for i in wanted if i in by_id]
 
 

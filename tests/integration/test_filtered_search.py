@@ -110,13 +110,15 @@ def test_a_selective_filter_reads_the_metadata_index_not_every_row(photos: semst
     def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
         seen.append(" ".join(statement.split()).lower())
 
-    engine = photos.database.engine
-    event.listen(engine, "before_cursor_execute", record)
+    engines = {photos.database.engine, photos.database.reads}  # (the search path reads through the second)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         assert [hit.id for hit in photos.search_vector(query, k=5, where={"rare": True})] == _ids_with(photos, lambda m: m.get("rare") is True).tolist()
         assert photos.search_vector(query, k=5, where={"tag": "nobody"}) == []
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
     filters = [s for s in seen if "item_metadata" in s]
     assert filters, seen
     # no per-row JSON scan (SQLite json_each over items.metadata, PostgreSQL containment on items)

@@ -50,16 +50,18 @@ def two_processes(db_url: str, tmp_path: Path) -> Iterator[tuple[semstore.Collec
 def statements(collection: semstore.Collection) -> Iterator[list[str]]:
     """Every SQL statement the collection's database runs inside the block."""
     seen: list[str] = []
-    engine = collection.database.engine
+    engines = {collection.database.engine, collection.database.reads}  # (PostgreSQL: the search path's own pool)
 
     def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
         seen.append(" ".join(statement.split()).lower())
 
-    event.listen(engine, "before_cursor_execute", record)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
 
 
 @contextmanager
@@ -83,7 +85,8 @@ def test_a_fresh_index_costs_one_revision_read(two_processes, monkeypatch: pytes
         for _ in range(5):
             assert len(writer.search_vector(query, k=5)) == 5
     freshness = [s for s in seen if "from collections" in s]
-    assert len(freshness) == 5 and all("count(" not in s and "sum(" not in s and "max(" not in s for s in seen), seen
+    # one statement per search: the hit rows with the revision (no COUNT/MAX/SUM over items)
+    assert len(seen) == 5 and len(freshness) == 5 and all("count(" not in s and "sum(" not in s and "max(" not in s for s in seen), seen
     assert calls == []
 
 
@@ -230,3 +233,35 @@ def _uri_hash(data: bytes) -> str:
     from semstore.ingest import content_hash
 
     return content_hash(data)
+
+
+def test_a_search_survives_the_server_dropping_its_connections(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The search path's pool pings nothing before use (one round trip less per search): a
+    # connection PostgreSQL dropped must be found by the failing statement and replaced.
+    from sqlalchemy import create_engine, text
+
+    db = semstore.connect(settings=_settings(tmp_path, postgres_url, "one"))
+    try:
+        photos = db.create_collection("photos")
+        photos.add_images(_images(0, 40))
+        query = photos.embed_query(text="a shape")
+        before = [hit.id for hit in photos.search_vector(query, k=5)]
+        before_filtered = [hit.id for hit in photos.search_vector(query, k=5, where={"none": 1})]
+        admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as connection:
+                killed = connection.execute(text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )).scalar_one()  # fmt: skip
+        finally:
+            admin.dispose()
+        assert killed >= 1
+        with caplog.at_level("INFO", logger="semstore.collection"):
+            assert [hit.id for hit in photos.search_vector(query, k=5)] == before
+        assert "dropped the connection; retrying" in caplog.text  # the dead connection was met, and replaced
+        assert [hit.id for hit in photos.search_vector(query, k=5, where={"none": 1})] == before_filtered == []
+    finally:
+        db.close()

@@ -615,7 +615,7 @@ def test_every_timestamp_reads_back_as_aware_utc(db_sessions: sessionmaker[Sessi
         assert before <= stamp <= after
 
 
-def test_filter_item_ids_among_candidates_and_hit_rows_on_a_plain_connection(db_url: str) -> None:
+def test_filter_item_ids_among_candidates_and_search_reads_on_a_plain_connection(db_url: str) -> None:
     # The search path's reads: one pooled connection outside a transaction (autocommit on
     # PostgreSQL), candidate id lists of thousands bound as one parameter.
     upgrade_head(db_url)
@@ -644,12 +644,20 @@ def test_filter_item_ids_among_candidates_and_hit_rows_on_a_plain_connection(db_
             np.testing.assert_array_equal(unfiltered, np.intersect1d(among, ids))
             assert filter_item_ids(reader, collection_id=photos, where={"m3": True}, among=[]).size == 0
             wanted = [int(ids[5]), int(ids[2]), int(foreign[0]), int(ids[5])]
-            rows = storage.hit_rows(reader, collection_id=photos, ids=wanted)
+            reads = storage.SearchReads(reader)
+            rows, revision = reads.hit_rows(photos, wanted)
+            assert revision == storage.collection_revision(reader, collection_id=photos)
             assert [(r.id, r.source_uri, r.metadata_, r.width) for r in rows] == [
                 (int(ids[5]), "u5", {"m3": False, "tag": "t5"}, 5),
                 (int(ids[2]), "u2", {"m3": False, "tag": "t2"}, 2),
                 (int(ids[5]), "u5", {"m3": False, "tag": "t5"}, 5),
             ]
-            assert storage.collection_revision(reader, collection_id=photos).codec_id == codec_id
+            assert reads.hit_rows(photos, []) == ([], revision)
+            with pytest.raises(storage.CollectionNotFoundError):
+                reads.hit_rows(photos + 100, wanted)
+            assert reads.revision(photos) == storage.collection_revision(reader, collection_id=photos)
+            assert reads.revision(photos).codec_id == codec_id
+            with pytest.raises(storage.CollectionNotFoundError):
+                reads.revision(photos + 100)
     finally:
         engine.dispose()
