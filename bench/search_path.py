@@ -292,7 +292,7 @@ def filter_matches(db: Any, collection: Collection) -> dict[str, int]:
 
 
 def analyze_after_fill(db: Any) -> str | None:
-    """PostgreSQL: ``ANALYZE items`` (what autovacuum does after a bulk load); returns a note, None on SQLite.
+    """PostgreSQL: ``ANALYZE items, item_metadata`` (what autovacuum does after a bulk load); returns a note, None on SQLite.
 
     Without statistics the planner takes ``collection_id = ?`` for selective and ANDs a bitmap of
     the whole collection into every filter query (measured: 82 ms instead of 8 ms at 10^6).
@@ -304,9 +304,9 @@ def analyze_after_fill(db: Any) -> str | None:
     with db.engine.connect() as connection:
         autovacuum = connection.execute(text("SHOW autovacuum")).scalar_one()
         t0 = time.perf_counter()
-        connection.execute(text("ANALYZE items"))
+        connection.execute(text("ANALYZE items, item_metadata"))
         connection.commit()
-    return f"autovacuum is {autovacuum} on this server; `ANALYZE items` was run after the fill ({time.perf_counter() - t0:.1f} s)"
+    return f"autovacuum is {autovacuum} on this server; `ANALYZE items, item_metadata` was run after the fill ({time.perf_counter() - t0:.1f} s)"
 
 
 def disk_bytes(db: Any) -> tuple[int, str]:

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     pretrained: str | None = Field(default="laion2b_s34b_b79k", description="open_clip pretrained tag, or a local checkpoint path.")
     device: str = Field(default="cpu", description="torch device for the encoder.")
     threads: int | None = Field(default=None, description="torch intra-op threads (default: torch's choice).")
+    switch_interval_ms: float = Field(
+        default=0.5, gt=0, le=100,
+        description="The server's Python thread switch interval (sys.setswitchinterval; Python's default is 5 ms). "
+        "Shorter gives a search thread the interpreter back sooner while uploads run Python code beside it.",
+    )  # fmt: skip
     batch_size: int = Field(default=32, ge=1, description="Images per encoder batch.")
 
     codec_bootstrap_size: int = Field(default=5000, ge=2, description="Embeddings buffered to train a new collection's codec.")

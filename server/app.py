@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         # Loading the indexes before the first request makes /health's readiness meaningful.
         ready = await anyio.to_thread.run_sync(state.warmup.run)
         if not ready:
@@ -86,6 +89,7 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
             if poller is not None:
                 await anyio.to_thread.run_sync(poller.stop)
             state.database.close()
+            sys.setswitchinterval(switch_interval)
 
     app = FastAPI(
         title="semstore",

@@ -253,7 +253,7 @@ class ADCIndex:
         if len(positions) <= GATHER_SUBSET_MAX:
             # Few items: score them straight from the look-up tables (exact ADC, no copy).
             grid = np.broadcast_to(positions, (nq, len(positions)))
-            scores, best = _top(self._exact_scores(sub, grid), np.array(grid), min(depth, len(positions)))
+            scores, best = top_k_columns(self._exact_scores(sub, grid), np.array(grid), min(depth, len(positions)))
             if best.shape[1] < depth:
                 pad = depth - best.shape[1]
                 scores = np.hstack([scores, np.full((nq, pad), -np.inf, dtype=scores.dtype)])
@@ -267,7 +267,7 @@ class ADCIndex:
 
     def _search_fastscan(self, sub: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         _, candidates = self._store.scan(sub, depth * self._refine)
-        return _top(self._exact_scores(sub, candidates), candidates, depth)
+        return top_k_columns(self._exact_scores(sub, candidates), candidates, depth)
 
     def _exact_scores(self, sub: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Float look-up-table sums ``sum_m <q'_m, codebook[c_m]>`` of the items at ``positions``."""
@@ -296,7 +296,7 @@ class ADCIndex:
         decoded = self._codec.decode(self._store.read_codes(positions[valid]), normalize=True)
         cosine = np.full(positions.shape, -np.inf, dtype=np.float32)
         cosine[valid] = np.einsum("nd,nd->n", decoded, unit[np.nonzero(valid)[0]])
-        return _top(cosine, positions, k)
+        return top_k_columns(cosine, positions, k)
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, directory: str | Path, version: IndexVersion) -> Path:
@@ -394,10 +394,16 @@ class ADCIndex:
         return index, True
 
 
-def _top(scores: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best columns per row, best first (stable among equal scores)."""
+def top_k_columns(scores: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best columns per row, best first (stable among equal scores, except that which
+    of several items tied at the k-th score is kept may differ)."""
     if scores.shape[0] == 1:  # a single query: plain indexing, no index grids to build
-        order = np.argsort(-scores[0], kind="stable")[:k]
+        row = -scores[0]
+        if 4 * k < row.size:  # a partition first: 10^4 scores sort in 0.3 ms, partition in 0.05
+            chosen = np.sort(np.argpartition(row, k - 1)[:k])
+            order = chosen[np.argsort(row[chosen], kind="stable")]
+        else:
+            order = np.argsort(row, kind="stable")[:k]
         top_scores, top_positions = scores[:, order], positions[:, order]
     else:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]

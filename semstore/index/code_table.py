@@ -66,6 +66,10 @@ class SortedCodeTable:
             raise KeyError(f"ids not in the table: {ids[~present][:10].tolist()}")
         return self._rows[at]
 
+    def rows_at(self, positions: np.ndarray) -> np.ndarray:
+        """Packed code rows at table ``positions`` (from :meth:`find`)."""
+        return self._rows[positions]
+
     def add(self, ids: np.ndarray, rows: np.ndarray) -> None:
         """Add new, distinct ``ids`` (none present) with their packed ``rows``."""
         if len(ids) == 0:

@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 
 from semstore.codec import PQVAECodec
+from semstore.index.adc import top_k_columns
 from semstore.index.code_table import SortedCodeTable
 from semstore.index.errors import IndexCorruptError, IndexStaleError
 from semstore.index.ivf import _assign, _coarse_centroids, default_nlist
@@ -219,8 +220,8 @@ class IVFIndex:
         with self._lock.read():
             if allowed_ids is not None:
                 allowed = unique_sorted(as_id_array(allowed_ids, "allowed_ids"))
-                allowed = allowed[self._table.contains(allowed)]
-                scores, ids = self._score_all(sub, allowed, depth)
+                present, rows = self._table.find(allowed)
+                scores, ids = self._score_all(sub, allowed[present], rows[present], depth)
             else:
                 # The lists are chosen in the embedding space (<q, c> = <G^T q, c'>: the same
                 # lists): the FAISS quantizer holds c' in the M*d sub-query space, 8x wider at
@@ -254,19 +255,21 @@ class IVFIndex:
         scores[ids < 0] = -np.inf
         return scores, ids
 
-    def _score_all(self, sub: np.ndarray, allowed: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    def _score_all(self, sub: np.ndarray, allowed: np.ndarray, rows: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ADC scores of the ``allowed`` items (their table ``rows``), the best ``depth`` per query."""
         nq, m = sub.shape[0], self._codec.num_subvectors
         scores = np.full((nq, depth), -np.inf, dtype=np.float32)
         ids = np.full((nq, depth), -1, dtype=np.int64)
         if len(allowed) == 0:
             return scores, ids
         tables = (sub.reshape(nq * m, -1) @ self._codebook_t).reshape(nq, -1)
-        slots = self._codes_unlocked(allowed).astype(np.int64) + self._table_offsets
+        codes = unpack_codes(self._table.rows_at(rows), m, self._nbits)
+        slots = codes + self._table_offsets
         sums = np.stack([tables[row][slots].sum(axis=1) for row in range(nq)])
-        order = np.argsort(-sums, axis=1, kind="stable")[:, :depth]
-        found = order.shape[1]
-        scores[:, :found] = np.take_along_axis(sums, order, axis=1)
-        ids[:, :found] = allowed[order]
+        found = min(depth, len(allowed))
+        top_scores, top_rows = top_k_columns(sums, np.broadcast_to(np.arange(len(allowed)), sums.shape), found)
+        scores[:, :found] = top_scores
+        ids[:, :found] = np.where(top_rows >= 0, allowed[np.maximum(top_rows, 0)], -1)
         return scores, ids
 
     def _rerank(self, queries: Any, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

