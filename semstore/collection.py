@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.files import is_inside, read_regular_file
+from semstore.filter_cache import FilterCache, filter_key
 from semstore.index.adc import GATHER_SUBSET_MAX
 from semstore.ingest.images import content_hash, open_image
 from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
@@ -109,6 +110,7 @@ class Collection:
         self._codec_lock = threading.Lock()
         # Serialises this process's writers of the collection; searches never take it.
         self._write_lock = threading.RLock()
+        self.filters = FilterCache()
 
     # -- components ----------------------------------------------------------------------
     @property
@@ -422,8 +424,13 @@ class Collection:
                 if index is None:
                     index, checked = service.fresh(reads.revision(self.id)), True
                 while True:
-                    pairs = self._top_pairs(index, vector, k, rerank, where, min_score, connection)
+                    pairs, cached = self._top_pairs(index, vector, k, rerank, where, min_score, connection)
                     rows, stored = reads.hit_rows(self.id, [i for _, i in pairs])
+                    if cached is not None and cached != stored.revision:
+                        assert where is not None  # a filter's remembered ids are out of date: look again
+                        self.filters.discard(filter_key(where), cached)
+                        index, checked = service.fresh(stored), True
+                        continue
                     if checked or service.fresh_as_of(stored) is index:
                         break
                     index, checked = service.fresh(stored), True
@@ -440,32 +447,42 @@ class Collection:
     def _top_pairs(
         self, index: SearchIndex | None, vector: np.ndarray, k: int, rerank: int | None,
         where: dict[str, Any] | None, min_score: float | None, reader: storage.Reader,
-    ) -> list[tuple[float, int]]:
-        """``(score, id)`` of the best items of ``index`` (none without an index)."""
+    ) -> tuple[list[tuple[float, int]], int | None]:
+        """``(score, id)`` of the best items of ``index`` (none without an index), and the
+        revision of the remembered filter ids used, if any (the caller checks it)."""
         if index is None or len(index) == 0:
-            return []
+            return [], None
+        cached = None
         if where:
-            scores, ids = self._filtered_search(index, vector, k, rerank, where, reader)
+            scores, ids, cached = self._filtered_search(index, vector, k, rerank, where, reader)
         else:
             scores, ids = index.search(vector, k, rerank=rerank)
         pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
         if min_score is not None:
             pairs = [(s, i) for s, i in pairs if s >= min_score]
-        return pairs
+        return pairs, cached
 
     def _filtered_search(
         self, index: SearchIndex, vector: np.ndarray, k: int, rerank: int | None, where: dict[str, Any],
         reader: storage.Reader,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The search restricted to items matching ``where``, exact w.r.t. the filter.
+    ) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """The search restricted to items matching ``where``, exact w.r.t. the filter; and the
+        revision of the remembered matching ids it used (None: it looked them up now).
 
-        Post-filter first: the best ADC candidates of the whole index are checked against
-        the filter (a lookup among those ids only). When at least ``depth`` of them match,
-        the best ``depth`` matching items are among them, so that is the exact answer. Else
-        the filter is selective: with a few matches seen, once more over proportionally
+        A selective filter seen recently has its matching ids in :attr:`filters`: only they
+        are scored (the caller checks that the collection is still at their revision).
+        Otherwise post-filter first: the best ADC candidates of the whole index are checked
+        against the filter (a lookup among those ids only). When at least ``depth`` of them
+        match, the best ``depth`` matching items are among them, so that is the exact answer.
+        Else the filter is selective: with a few matches seen, once more over proportionally
         more candidates; with none, the matching ids are looked up by the metadata index
-        and only they are scored.
+        (and remembered) and only they are scored.
         """
+        key = filter_key(where)
+        remembered = self.filters.get(key)
+        if remembered is not None:
+            revision, allowed = remembered
+            return (*self._search_allowed(index, vector, k, rerank, allowed), revision)
         depth = k if rerank is None else max(int(rerank), k)
         total = len(index)
         probe = min(total, max(POST_FILTER_FACTOR * depth, POST_FILTER_MIN))
@@ -474,14 +491,21 @@ class Collection:
             candidates = candidates[0][candidates[0] >= 0]
             matching = storage.filter_item_ids(reader, collection_id=self.id, where=where, among=candidates.tolist())
             if len(matching) >= depth:
-                return index.search(vector, k, rerank=rerank, allowed_ids=matching)
+                return (*index.search(vector, k, rerank=rerank, allowed_ids=matching), None)
             if len(matching) * total <= GATHER_SUBSET_MAX * probe:
                 break  # about that many items match in all: cheaper to look them up and score them all
             wider = int(2 * depth * probe / len(matching))
             if wider > POST_FILTER_MAX or probe >= POST_FILTER_MAX:
                 break
             probe = min(total, wider)
-        allowed = storage.filter_item_ids(reader, collection_id=self.id, where=where)
+        allowed, stored = storage.filter_item_ids_with_revision(reader, collection_id=self.id, where=where)
+        self.filters.put(key, stored.revision, allowed)
+        return (*self._search_allowed(index, vector, k, rerank, allowed), None)
+
+    @staticmethod
+    def _search_allowed(
+        index: SearchIndex, vector: np.ndarray, k: int, rerank: int | None, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         if allowed.size == 0:
             return np.full((1, k), -np.inf, dtype=np.float32), np.full((1, k), -1, dtype=np.int64)
         return index.search(vector, k, rerank=rerank, allowed_ids=allowed)

@@ -36,8 +36,10 @@ _REVISION = "SELECT revision, codec_id FROM collections WHERE id = {p}"
 # The hit rows and the collection's revision in one statement (one round trip): the
 # collection row always comes back, with NULLs when no item matches.
 _HITS = {
+    # ("+i.collection_id": look the ids up by rowid, not through the (collection_id, id) index
+    # and then the rowid: one B-tree search per id instead of two)
     "sqlite": "SELECT c.revision, c.codec_id, i.id, i.source_uri, i.metadata, i.width, i.height "
-    "FROM collections AS c LEFT JOIN items AS i ON i.collection_id = c.id "
+    "FROM collections AS c LEFT JOIN items AS i ON +i.collection_id = c.id "
     "AND i.id IN (SELECT value FROM json_each(?)) WHERE c.id = ?",
     "postgresql": "SELECT c.revision, c.codec_id, i.id, i.source_uri, i.metadata, i.width, i.height "
     "FROM collections AS c LEFT JOIN items AS i ON i.collection_id = c.id "

@@ -138,3 +138,34 @@ def test_the_metadata_index_follows_updates_and_deletes(photos: semstore.Collect
     assert photos.search_vector(query, k=5, where={"only": 1}) == []
     others = photos.search_vector(query, k=300, where={"half": 1})
     assert len(others) == COUNT // 2 - 1 and first not in {hit.id for hit in others}  # item 7 had half = 1
+
+
+def test_a_repeated_filter_reuses_its_ids_until_any_process_writes(photos: semstore.Collection, tmp_path: Path) -> None:
+    query = photos.embed_query(text="x")
+    engines = {photos.database.engine, photos.database.reads}
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        seen.append(" ".join(statement.split()).lower())
+
+    where = {"tag": "t3"}  # 2 of 200 items: the looked-up path, whose ids are remembered
+    first = [hit.id for hit in photos.search_vector(query, k=5, where=where)]
+    assert sorted(first) == _ids_with(photos, lambda m: m.get("tag") == "t3").tolist() and len(first) == 2
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert [hit.id for hit in photos.search_vector(query, k=5, where=where)] == first
+        assert not [s for s in seen if "item_metadata" in s], seen  # no lookup: remembered ids
+        # Another process (a second Database) tags one more item: the revision changed, so
+        # the remembered ids are not trusted and the new item is found.
+        other = semstore.connect(settings=photos.database.settings).collection("photos")
+        extra = int(_ids_with(photos, lambda m: m.get("tag") == "t4")[0])
+        other.update_metadata(extra, {"tag": "t3"})
+        other.database.close()
+        seen.clear()
+        again = {hit.id for hit in photos.search_vector(query, k=5, where=where)}
+        assert again == set(first) | {extra}
+        assert [s for s in seen if "item_metadata" in s], seen  # looked up again
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)

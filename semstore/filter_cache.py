@@ -1,0 +1,75 @@
+"""Recent metadata filters' matching ids, each valid for exactly one collection revision.
+
+A search with a selective filter scores only the matching items; looking them up is most of
+its cost (10^4 ids at 10^6 items: about a millisecond of SQL and transfer). Searches often
+repeat a filter (a page's camera or date control, an API client's tenant key), so the ids
+are kept, tagged with the revision they were read at (one statement: ids and revision
+together), and used again only while the collection's revision is unchanged: the revision
+that comes back with the hit rows decides, so any write in between, by any process, makes
+the search look the ids up again. Results stay exact; a busy collection just gets no hits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+#: Filters remembered per collection ...
+MAX_ENTRIES = 32
+#: ... each of at most this many matching ids (8 bytes each: 512 KiB at most per entry).
+MAX_IDS = 65_536
+
+FilterKey = tuple[tuple[str, str, Any], ...]
+
+
+def filter_key(where: Mapping[str, Any]) -> FilterKey:
+    """A hashable key with the filter's own equality: ``True`` differs from ``1``, ``1`` equals ``1.0``."""
+
+    def kind(value: Any) -> str:
+        return "bool" if isinstance(value, bool) else "text" if isinstance(value, str) else "number"
+
+    return tuple(sorted((key, kind(value), value) for key, value in where.items()))
+
+
+class FilterCache:
+    """An LRU of ``filter -> (revision, sorted matching ids)`` for one collection (thread-safe)."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_ids: int = MAX_IDS) -> None:
+        self.max_entries, self.max_ids = max_entries, max_ids
+        self._entries: OrderedDict[FilterKey, tuple[int, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: FilterKey) -> tuple[int, np.ndarray] | None:
+        """``(revision, ids)`` remembered for this filter, or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: FilterKey, revision: int, ids: np.ndarray) -> None:
+        """Remember the ids read at ``revision`` (too many ids are not kept)."""
+        if len(ids) > self.max_ids:
+            return
+        ids = ids.copy()
+        ids.setflags(write=False)
+        with self._lock:
+            self._entries[key] = (revision, ids)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def discard(self, key: FilterKey, revision: int) -> None:
+        """Forget the entry of ``key`` if it is still the one read at ``revision``."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == revision:
+                del self._entries[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
