@@ -123,8 +123,11 @@ class IVFIndex:
 
     @property
     def memory_bytes(self) -> int:
-        """Memory of the items: list codes and ids, and the sorted id/code table (with its spare room)."""
-        return self.ntotal * (int(self._ivf.code_size) + 8) + self._table.nbytes
+        """Memory of the items (list codes and ids, the sorted id/code table with its spare room)
+        and of the lists themselves: FAISS's coarse quantizer (nlist x M*d floats, kept for the
+        file format) and the embedding-space centroids that choose the lists."""
+        lists = self.nlist * 4 * (int(self._ivf.d) + self._codec.dim)
+        return self.ntotal * (int(self._ivf.code_size) + 8) + self._table.nbytes + lists
 
     @property
     def bytes_per_item(self) -> float:

@@ -95,8 +95,10 @@ def test_lists_chosen_in_the_embedding_space_are_faiss_own_choice(both, queries)
     assert (ids == faiss_ids).mean() > 0.99
 
 
-def test_memory_is_codes_twice_and_ids_twice(both) -> None:  # noqa: ANN001
+def test_memory_is_codes_twice_and_ids_twice_plus_the_centroids(both) -> None:  # noqa: ANN001
     ivf, _, ids, _ = both
-    code_bytes = ivf.codec.num_subvectors  # 8-bit codes: one byte per sub-vector
-    assert ivf.bytes_per_item == pytest.approx(2 * code_bytes + 16)  # list code + id, table code + id
-    assert ivf.memory_bytes == len(ids) * (2 * code_bytes + 16)
+    codec = ivf.codec
+    code_bytes = codec.num_subvectors  # 8-bit codes: one byte per sub-vector
+    centroids = ivf.nlist * 4 * (codec.num_subvectors * codec.subvector_dim + codec.dim)
+    assert ivf.memory_bytes == len(ids) * (2 * code_bytes + 16) + centroids  # list code + id, table code + id
+    assert ivf.bytes_per_item == pytest.approx(ivf.memory_bytes / len(ids))
