@@ -71,6 +71,7 @@ from semstore.codec import PQVAECodec  # noqa: E402
 from semstore.collection import DEFAULT_RERANK, Collection  # noqa: E402
 from semstore.config import Settings  # noqa: E402
 from semstore.encoders import TINY_TEST_MODEL  # noqa: E402
+from semstore.filter_cache import filter_key  # noqa: E402
 from semstore.search import hits_from_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,7 +409,7 @@ def in_process_cases(db: Any, collection: Collection, index: Any) -> dict[str, C
         cases[f"filter {label}"] = lambda q, w=where: collection.search_vector(q, k=K, where=w)
 
     def cold(q: np.ndarray, w: dict[str, bool]) -> object:
-        collection.filters.clear()  # as the first search with this filter (or after any write)
+        collection.filters.forget(filter_key(w))  # as the first search with this filter (or after any write)
         return collection.search_vector(q, k=K, where=w)
 
     for label in COLD_FILTERS:

@@ -423,13 +423,14 @@ class Collection:
                 index, checked = service.loaded, False
                 if index is None:
                     index, checked = service.fresh(reads.revision(self.id)), True
+                selective = False
                 while True:
-                    pairs, cached = self._top_pairs(index, vector, k, rerank, where, min_score, connection)
+                    pairs, cached = self._top_pairs(index, vector, k, rerank, where, min_score, connection, selective)
                     rows, stored = reads.hit_rows(self.id, [i for _, i in pairs])
                     if cached is not None and cached != stored.revision:
-                        assert where is not None  # a filter's remembered ids are out of date: look again
-                        self.filters.discard(filter_key(where), cached)
-                        index, checked = service.fresh(stored), True
+                        assert where is not None  # a filter's remembered ids are out of date: look
+                        self.filters.discard(filter_key(where), cached)  # them up again, directly
+                        index, checked, selective = service.fresh(stored), True, True
                         continue
                     if checked or service.fresh_as_of(stored) is index:
                         break
@@ -446,7 +447,7 @@ class Collection:
 
     def _top_pairs(
         self, index: SearchIndex | None, vector: np.ndarray, k: int, rerank: int | None,
-        where: dict[str, Any] | None, min_score: float | None, reader: storage.Reader,
+        where: dict[str, Any] | None, min_score: float | None, reader: storage.Reader, selective: bool = False,
     ) -> tuple[list[tuple[float, int]], int | None]:
         """``(score, id)`` of the best items of ``index`` (none without an index), and the
         revision of the remembered filter ids used, if any (the caller checks it)."""
@@ -454,7 +455,7 @@ class Collection:
             return [], None
         cached = None
         if where:
-            scores, ids, cached = self._filtered_search(index, vector, k, rerank, where, reader)
+            scores, ids, cached = self._filtered_search(index, vector, k, rerank, where, reader, selective)
         else:
             scores, ids = index.search(vector, k, rerank=rerank)
         pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
@@ -464,7 +465,7 @@ class Collection:
 
     def _filtered_search(
         self, index: SearchIndex, vector: np.ndarray, k: int, rerank: int | None, where: dict[str, Any],
-        reader: storage.Reader,
+        reader: storage.Reader, selective: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, int | None]:
         """The search restricted to items matching ``where``, exact w.r.t. the filter; and the
         revision of the remembered matching ids it used (None: it looked them up now).
@@ -476,7 +477,8 @@ class Collection:
         match, the best ``depth`` matching items are among them, so that is the exact answer.
         Else the filter is selective: with a few matches seen, once more over proportionally
         more candidates; with none, the matching ids are looked up by the metadata index
-        (and remembered) and only they are scored.
+        (and remembered) and only they are scored. ``selective``: the filter is known to
+        match few items (its remembered ids were just found out of date): look them up at once.
         """
         key = filter_key(where)
         remembered = self.filters.get(key)
@@ -485,7 +487,7 @@ class Collection:
             return (*self._search_allowed(index, vector, k, rerank, allowed), revision)
         depth = k if rerank is None else max(int(rerank), k)
         total = len(index)
-        probe = min(total, max(POST_FILTER_FACTOR * depth, POST_FILTER_MIN))
+        probe = total if selective else min(total, max(POST_FILTER_FACTOR * depth, POST_FILTER_MIN))
         while probe < total:  # (a probe of every item would only cost more than the lookup)
             _, candidates = index.search(vector, probe)
             candidates = candidates[0][candidates[0] >= 0]

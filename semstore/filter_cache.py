@@ -70,6 +70,11 @@ class FilterCache:
             if entry is not None and entry[0] == revision:
                 del self._entries[key]
 
+    def forget(self, key: FilterKey) -> None:
+        """Forget the entry of ``key`` whatever its revision."""
+        with self._lock:
+            self._entries.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -31,3 +31,5 @@ def test_lru_bound_size_bound_and_revision_checked_discard() -> None:
     assert cache.get(filter_key({"a": 1})) is not None
     cache.discard(filter_key({"a": 1}), 7)
     assert cache.get(filter_key({"a": 1})) is None
+    cache.forget(filter_key({"c": 1}))
+    assert cache.get(filter_key({"c": 1})) is None
