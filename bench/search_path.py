@@ -16,7 +16,7 @@ For each backend, in one run and one process (plus the real server as a second o
    and 50 % selectivity against the unfiltered one (0 % and 1 % also with the collection's
    remembered matching ids cleared before every search, as a first use of a filter); plus the
    user's path's one SQL statement timed alone (hit rows with the revision). Bytes per item in RAM (``index.bytes_per_item``) and
-   on disk (SQLite file / N; PostgreSQL ``pg_total_relation_size('items')`` / N).
+   on disk (SQLite file / N; PostgreSQL ``pg_total_relation_size`` of ``items`` and ``item_metadata`` / N).
 3. **HTTP**: ``python -m server`` (the production entry, settings from ``SEMSTORE_*``, API keys
    disabled on loopback, rate limits off) on the same database; from this process,
    sequential ``POST /v1/collections/{name}/search`` with ``{"item_id": ...}`` queries (no text
@@ -326,8 +326,10 @@ def disk_bytes(db: Any) -> tuple[int, str]:
         total = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
         return total, "SQLite file (+ WAL, after a checkpoint) / N: items, postings, indexes"
     with db.engine.connect() as connection:
-        total = int(connection.execute(text("SELECT pg_total_relation_size('items')")).scalar_one())
-    return total, "pg_total_relation_size('items') / N: heap, TOAST, indexes (GIN included)"
+        total = int(connection.execute(text(
+            "SELECT pg_total_relation_size('items') + pg_total_relation_size('item_metadata')"
+        )).scalar_one())  # fmt: skip
+    return total, "pg_total_relation_size of items and item_metadata / N: heaps, TOAST, indexes"
 
 
 # --------------------------------------------------------------------------- backends
@@ -882,7 +884,7 @@ def format_facts(results: Sequence[BackendResult]) -> str:
         f"| codes per item | {per(lambda r: f'{r.code_bytes} B')} |",
         (
             "| disk per item (SQLite: database file + WAL after a checkpoint; PostgreSQL: "
-            "`pg_total_relation_size('items')`: heap, TOAST, indexes with the GIN) | "
+            "`pg_total_relation_size` of `items` and `item_metadata`: heaps, TOAST, indexes) | "
             + per(lambda r: f"{r.disk_bytes / r.items:.1f} B ({r.disk_bytes / 2**20:,.1f} MiB total)") + " |"
         ),
         "| items matching the 0 / 1 / 50 % filters | "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from semstore.index.lookup import find_sorted
+
 
 class SortedCodeTable:
     """Ascending item ids, each with its packed code row (``row_bytes`` bytes).
@@ -50,11 +52,7 @@ class SortedCodeTable:
 
     def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(present mask, row positions) of ``ids``; positions of absent ids are meaningless."""
-        known = self.ids
-        if len(known) == 0 or len(ids) == 0:
-            return np.zeros(len(ids), dtype=bool), np.zeros(len(ids), dtype=np.int64)
-        at = np.minimum(np.searchsorted(known, ids), len(known) - 1)
-        return known[at] == ids, at
+        return find_sorted(self.ids, ids)
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         return self.find(ids)[0]

@@ -23,6 +23,15 @@ def as_id_array(ids: object, name: str = "ids") -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
+def find_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(present mask, index into ``sorted_ids``) of each of ``ids``: binary searches (the
+    index of an absent id is meaningless)."""
+    if len(sorted_ids) == 0 or len(ids) == 0:
+        return np.zeros(len(ids), dtype=bool), np.zeros(len(ids), dtype=np.int64)
+    at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[at] == ids, at
+
+
 def unique_sorted(ids: np.ndarray) -> np.ndarray:
     """Sorted distinct ids (a sort, cheaper than np.unique's hashing for large int64 arrays)."""
     ordered = np.sort(ids)
@@ -79,11 +88,9 @@ class IdLookup:
 
     def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(present mask, storage positions) for ``ids``; positions of absent ids are -1."""
-        known = self.sorted_ids
-        if len(known) == 0 or len(ids) == 0:
-            return np.zeros(len(ids), dtype=bool), np.full(len(ids), -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(known, ids), len(known) - 1)
-        found = known[at] == ids
+        found, at = find_sorted(self.sorted_ids, ids)
+        if not found.any():
+            return found, np.full(len(ids), -1, dtype=np.int64)
         return found, np.where(found, at if self._source is not None else self._positions[at], -1)
 
     def appended(self, ids: np.ndarray, start: int) -> None:
