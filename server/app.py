@@ -19,9 +19,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from server import routers
-from server.auth import AuthMiddleware
+from server.auth import DOCS_STATIC_URL, AuthMiddleware
 from server.errors import install_error_handlers
 from server.limits import BodyLimitsMiddleware
 from server.metrics import MetricsMiddleware
@@ -91,7 +92,10 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
             state.database.close()
             sys.setswitchinterval(switch_interval)
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI / ReDoc from files the package ships,
+    # not from a CDN, so the docs work on an air-gapped archive server.
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC_URL,
         title="semstore",
         version=__version__,
         description="Compressed semantic image search: CLIP embeddings stored as PQ-VAE codes. "

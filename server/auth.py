@@ -25,7 +25,9 @@ PUBLIC_PATHS: frozenset[str] = frozenset(
     {"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico"}
 )
 #: Path prefixes anyone may request (the page's static files).
-PUBLIC_PREFIXES: tuple[str, ...] = ("/static/",)
+#: Where the API documentation's own script and style files are served (fastapi-offline).
+DOCS_STATIC_URL = "/static-docs"
+PUBLIC_PREFIXES: tuple[str, ...] = ("/static/", DOCS_STATIC_URL + "/")
 
 SCOPE_KEY = "semstore.principal"
 

@@ -129,3 +129,32 @@ def test_search_page_image_query_on_a_narrow_screen(browser, photos: Photos, tmp
         assert errors == []
     finally:
         context.close()
+
+
+def test_api_docs_render_with_every_outside_request_blocked(browser, photos: Photos, tmp_path: Path) -> None:  # noqa: ANN001
+    # An air-gapped archive server: Swagger UI must come from the server itself, not a CDN.
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    outside: list[str] = []
+
+    def only_the_server(route) -> None:  # noqa: ANN001 - playwright Route
+        if route.request.url.startswith(photos.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    try:
+        page.route("**/*", only_the_server)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(photos.url + "/docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=15_000)
+        assert "semstore" in page.inner_text(".swagger-ui .info .title")
+        page.wait_for_selector(".opblock-summary-path", timeout=15_000)  # the routes, from /openapi.json
+        assert page.locator(".opblock-summary-path").count() >= 10
+        page.screenshot(path=str(tmp_path / "docs-offline.png"), full_page=False)
+        assert (tmp_path / "docs-offline.png").stat().st_size > 10_000
+        assert outside == [] and errors == []
+    finally:
+        context.close()
