@@ -43,11 +43,14 @@ class Database:
         settings: Settings | None = None,
         encoder_factory: EncoderFactory | None = None,
         migrate: bool = True,
+        create: bool = True,
     ) -> None:
         self.settings = settings or get_settings()
         self.url = storage.normalize_database_url(url or self.settings.resolved_database_url())
         if migrate:
-            storage.upgrade_head(self.url)
+            storage.upgrade_head(self.url, create=create)
+        elif not create:
+            storage.require_database(self.url)
         self.engine = storage.create_db_engine(self.url)
         self.sessions = storage.session_factory(self.engine)
         self.reads = storage.read_engine(self.engine)  # ``with db.reads.connect()``: the search path's reads
@@ -256,10 +259,13 @@ def connect(
     *,
     settings: Settings | None = None,
     encoder_factory: EncoderFactory | None = None,
+    create: bool = True,
 ) -> Database:
     """Open (creating and migrating if needed) a semstore database.
 
     ``url`` is a SQLAlchemy URL such as ``sqlite:///photos.db`` or
     ``postgresql+psycopg://user@host/db``; by default a SQLite file in the data directory.
+    ``create=False`` opens only an existing one (:class:`~semstore.storage.DatabaseNotFoundError`
+    otherwise, with nothing created), as read-only commands do.
     """
-    return Database(url, settings=settings, encoder_factory=encoder_factory)
+    return Database(url, settings=settings, encoder_factory=encoder_factory, create=create)

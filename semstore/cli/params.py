@@ -95,11 +95,12 @@ def build_settings(
 
 
 @contextmanager
-def open_database(settings: "Settings") -> Iterator["Database"]:
-    """Connect (creating and migrating the database if needed); closed on exit."""
+def open_database(settings: "Settings", *, create: bool = True) -> Iterator["Database"]:
+    """Connect (migrating the database if needed; creating it only with ``create``, as the
+    commands that write do: a mistyped path must not leave an empty database); closed on exit."""
     import semstore
 
-    database = semstore.connect(settings.resolved_database_url(), settings=settings)
+    database = semstore.connect(settings.resolved_database_url(), settings=settings, create=create)
     try:
         yield database
     finally:

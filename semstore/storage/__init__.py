@@ -27,13 +27,15 @@ from semstore.storage.errors import (
     CollectionNotFoundError,
     ConnectionLostError,
     CorruptCodesError,
+    DatabaseNotFoundError,
+    DatabaseUnreachableError,
     DuplicateItemError,
     ItemNotFoundError,
     MigrationError,
     StorageError,
 )
 from semstore.storage.search_reads import HitRow, SearchReads
-from semstore.storage.migrate import current_revision, head_revision, upgrade_head
+from semstore.storage.migrate import current_revision, head_revision, require_database, upgrade_head
 from semstore.storage.models import API_KEY_SCOPES, ApiKey, Base, Codec, Collection, Item
 from semstore.storage.repository import (
     CollectionFingerprint,
@@ -92,6 +94,8 @@ __all__ = [
     "ConnectionLostError",
     "CollectionState",
     "CorruptCodesError",
+    "DatabaseNotFoundError",
+    "DatabaseUnreachableError",
     "DuplicateItemError",
     "Item",
     "ItemNotFoundError",
@@ -140,5 +144,6 @@ __all__ = [
     "touch_api_key",
     "transaction",
     "update_item_metadata",
+    "require_database",
     "upgrade_head",
 ]

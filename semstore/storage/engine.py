@@ -37,11 +37,28 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+#: The databases semstore runs on.
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
 def _parse(url: str) -> URL:
     try:
-        return make_url(normalize_database_url(url))
+        parsed = make_url(normalize_database_url(url))
     except Exception as exc:  # sqlalchemy raises ArgumentError; keep our own type
-        raise StorageError(f"invalid database URL: {url!r}") from exc
+        hint = f" (a SQLite file is sqlite:///{url})" if "://" not in url else ""
+        raise StorageError(f"invalid database URL: {url!r}{hint}") from exc
+    if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise StorageError(
+            f"unsupported database {parsed.get_backend_name()!r} in {parsed.render_as_string(hide_password=True)!r}: "
+            "semstore runs on SQLite (sqlite:///PATH) and PostgreSQL (postgresql://USER@HOST/DB)"
+        )
+    return parsed
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    parsed = _parse(url)
+    return _sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
 
 
 def _sqlite_file(url: URL) -> Path | None:

@@ -49,3 +49,11 @@ class ApiKeyNotFoundError(StorageError):
 class ConnectionLostError(StorageError):
     """The database dropped the connection a read was using (a server restart, a killed
     backend); a retry on a new connection may succeed."""
+
+
+class DatabaseNotFoundError(StorageError):
+    """There is no semstore database at this URL (and the caller asked not to create one)."""
+
+
+class DatabaseUnreachableError(StorageError):
+    """The database server cannot be reached (refused, unknown host, bad credentials)."""

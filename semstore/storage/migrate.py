@@ -16,11 +16,18 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from semstore.storage.engine import create_db_engine, normalize_database_url
-from semstore.storage.errors import MigrationError, StorageError
+from semstore.storage.engine import create_db_engine, normalize_database_url, sqlite_path
+from semstore.storage.errors import (
+    DatabaseNotFoundError,
+    DatabaseUnreachableError,
+    MigrationError,
+    StorageError,
+)
 
 #: The Alembic script directory; semstore is installed editable, so it sits in the repo.
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -54,14 +61,60 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-def upgrade_head(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema revision (a no-op when current)."""
+def upgrade_head(url: str, *, create: bool = True) -> None:
+    """Bring the database at ``url`` to the newest schema revision (a no-op when current).
+
+    With ``create=False`` a database that does not exist yet is not created:
+    :class:`DatabaseNotFoundError` (no SQLite file, or no semstore schema in it). A server
+    that cannot be reached raises :class:`DatabaseUnreachableError` naming host and cause.
+    """
+    if not create:
+        require_database(url)
     try:
         command.upgrade(alembic_config(url), "head")
     except StorageError:
         raise
+    except OperationalError as exc:
+        if _is_connect_error(exc):
+            raise _unreachable(url, exc) from exc
+        raise MigrationError(f"database migration failed: {exc}") from exc
     except Exception as exc:
         raise MigrationError(f"database migration failed: {exc}") from exc
+
+
+def require_database(url: str) -> None:
+    """Raise :class:`DatabaseNotFoundError` unless ``url`` holds a semstore database already.
+
+    Creates nothing: a missing SQLite file (or its folder) is reported, not made.
+    """
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise DatabaseNotFoundError(f"no database at {path} (`semstore init` or `semstore ingest` creates one)")
+    engine = create_db_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table("alembic_version"):
+                where = path or engine.url.render_as_string(hide_password=True)
+                raise DatabaseNotFoundError(f"no semstore database at {where} (`semstore init` creates one)")
+    except OperationalError as exc:
+        if _is_connect_error(exc):
+            raise _unreachable(url, exc) from exc
+        raise
+    finally:
+        engine.dispose()
+
+
+def _is_connect_error(exc: OperationalError) -> bool:
+    # Raised while opening the connection (no statement ran): refused, unknown host, auth.
+    return exc.statement is None or "connection" in str(exc.orig).lower()[:200]
+
+
+def _unreachable(url: str, exc: OperationalError) -> DatabaseUnreachableError:
+    parsed = make_url(normalize_database_url(url))
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}" if parsed.get_backend_name() == "postgresql" else str(sqlite_path(url))
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    cause = detail.rsplit("failed:", 1)[-1].strip() or detail
+    return DatabaseUnreachableError(f"cannot connect to the database at {where}: {cause}")
 
 
 def head_revision() -> str:

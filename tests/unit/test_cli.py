@@ -403,3 +403,45 @@ def test_serve_hands_source_roots_to_the_server_process(monkeypatch: pytest.Monk
     assert result.exit_code == 0, result.output
     assert seen["settings"].source_roots == [photos.resolve()]  # type: ignore[attr-defined]
     assert json.loads(seen["env"]["SEMSTORE_SOURCE_ROOTS"]) == [str(photos.resolve())]  # type: ignore[index]
+
+
+# -- database URLs (issue #19, item 6) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["collections"], ["stats", "-c", "photos"], ["search", "anything"], ["keys", "list"], ["delete-collection", "photos", "--yes"]],
+    ids=lambda c: c[0],
+)
+def test_read_commands_never_create_a_database(workspace: Workspace, tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "typo" / "photos.db"
+    result = workspace.run(*command, "--db", f"sqlite:///{missing}")
+    _assert_one_error_line(result, "no database at", str(missing))
+    assert not missing.parent.exists()  # neither the file nor its folder
+
+
+def test_database_url_errors_name_the_real_cause(workspace: Workspace, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    refused = workspace.run("collections", "--db", f"postgresql://postgres@127.0.0.1:{port}/test")
+    _assert_one_error_line(refused, f"cannot connect to the database at 127.0.0.1:{port}", "refused")
+    dialect = workspace.run("collections", "--db", "mysql://user@localhost/photos")
+    _assert_one_error_line(dialect, "unsupported database 'mysql'", "sqlite:///", "postgresql://")
+    bare = workspace.run("collections", "--db", str(tmp_path / "photos.db"))
+    _assert_one_error_line(bare, "invalid database URL", f"sqlite:///{tmp_path / 'photos.db'}")
+    assert not (tmp_path / "photos.db").exists()
+
+
+def test_read_commands_leave_an_empty_postgres_database_empty(workspace: Workspace, postgres_url: str) -> None:
+    import sqlalchemy as sa
+
+    result = workspace.run("collections", "--db", postgres_url)
+    _assert_one_error_line(result, "no semstore database at")
+    engine = sa.create_engine(postgres_url)
+    try:
+        assert sa.inspect(engine).get_table_names() == []  # no schema was created
+    finally:
+        engine.dispose()

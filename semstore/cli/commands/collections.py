@@ -50,7 +50,7 @@ def init(
 def collections(db: DbOption = None, data_dir: DataDirOption = None, json_output: JsonOption = False) -> None:
     """List the collections with their item counts (JSON: one object per line)."""
     settings = build_settings(db=db, data_dir=data_dir)
-    with open_database(settings) as database:
+    with open_database(settings, create=False) as database:
         stats = [collection.stats() for collection in database.collections()]
     if json_output:
         for entry in stats:
@@ -81,7 +81,7 @@ def stats(
 ) -> None:
     """Items, bytes of codes per item, bits per vector and per pixel, codec and model."""
     settings = build_settings(db=db, data_dir=data_dir)
-    with open_database(settings) as database:
+    with open_database(settings, create=False) as database:
         opened = database.collection(collection)
         _ = opened.index  # loaded (or built) so its kind and RAM per item are reported
         figures = opened.stats()
@@ -114,7 +114,7 @@ def delete_collection(
 ) -> None:
     """Delete a collection and all its items."""
     settings = build_settings(db=db, data_dir=data_dir)
-    with open_database(settings) as database:
+    with open_database(settings, create=False) as database:
         count = database.collection(name).stats().items
         if not yes:
             typer.confirm(f"Delete collection {name!r} and its {count} items?", abort=True)

@@ -46,7 +46,7 @@ def list_keys(db: DbOption = None, data_dir: DataDirOption = None, json_output: 
     from semstore import apikeys
 
     settings = build_settings(db=db, data_dir=data_dir)
-    with open_database(settings) as database:
+    with open_database(settings, create=False) as database:
         keys = apikeys.list_api_keys(database.sessions)
     if json_output:
         for key in keys:
@@ -80,7 +80,7 @@ def revoke(
     from semstore import apikeys
 
     settings = build_settings(db=db, data_dir=data_dir)
-    with open_database(settings) as database:
+    with open_database(settings, create=False) as database:
         info = apikeys.revoke_api_key(database.sessions, name)
     typer.echo(f"revoked key {info.name!r}")
 

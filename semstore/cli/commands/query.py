@@ -47,7 +47,7 @@ def search(
     if rerank is not None:
         options["rerank"] = rerank or None
     settings = build_settings(db=db, data_dir=data_dir)
-    with open_database(settings) as database:
+    with open_database(settings, create=False) as database:
         hits = database.collection(collection).search(
             text, image=image, item=item, k=k, where=filters or None, min_score=min_score, **options
         )
@@ -97,7 +97,7 @@ def classify(
     except (IndexError, KeyError, ValueError) as exc:
         raise CliError(f"--template {template!r} is not a valid format string: only {{}} may be used ({exc!r})") from exc
     settings = build_settings(db=db, data_dir=data_dir)
-    with open_database(settings) as database:
+    with open_database(settings, create=False) as database:
         target = database.collection(collection)
         result = target.classify(names, template=template)
         items = result.items()
