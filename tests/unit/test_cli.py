@@ -445,3 +445,20 @@ def test_read_commands_leave_an_empty_postgres_database_empty(workspace: Workspa
         assert sa.inspect(engine).get_table_names() == []  # no schema was created
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("command", [["--help"], ["collections"], ["stats"], ["keys", "list"]], ids=" ".join)
+def test_commands_without_a_model_do_not_import_torch(workspace: Workspace, ingested: Result, command: list[str]) -> None:
+    # issue #19, item 4: importing torch/open_clip costs ~10 s; these commands must not pay it.
+    code = (
+        "import sys; from semstore.cli.app import main\n"
+        f"sys.argv = ['semstore', *{command!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "heavy = sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules)\n"
+        "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in workspace.env}
+    env.update({k: v for k, v in workspace.env.items() if v is not None})
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY=\n" in done.stderr, done.stderr
