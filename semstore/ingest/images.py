@@ -137,7 +137,7 @@ def decode_image(
     try:
         fp = Path(source).open("rb")
     except OSError as exc:
-        raise BadImageError(f"cannot read file: {exc.strerror or exc}") from exc
+        raise BadImageError(f"cannot read file {str(source)!r}: {exc.strerror or exc}") from exc
     with fp:
         return _decode(fp, max_pixels, min_edge, budget)
 
