@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
         finally:
             if poller is not None:
                 await anyio.to_thread.run_sync(poller.stop)
+            state.ingest.shutdown()
             state.database.close()
             sys.setswitchinterval(switch_interval)
 

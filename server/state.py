@@ -12,6 +12,7 @@ import anyio
 
 from semstore.encoders.policy import ModelPolicy
 from server.batching import TextBatcher
+from server.ingest_threads import IngestThreads
 from server.limits import RateLimiter
 from server.metrics import Metrics
 
@@ -97,6 +98,7 @@ class AppState:
     warmup: IndexWarmup
     inference: anyio.CapacityLimiter
     text_batcher: TextBatcher
+    ingest: IngestThreads
     _touched: dict[int, float] = field(default_factory=dict)
     _touch_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -114,6 +116,7 @@ class AppState:
             warmup=IndexWarmup(holder),
             inference=inference,
             text_batcher=TextBatcher(inference),
+            ingest=IngestThreads(settings.inference_concurrency),
         )
 
     def should_touch(self, key_id: int) -> bool:

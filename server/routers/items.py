@@ -48,9 +48,8 @@ async def upload_items(
             min_edge=edge,
         )
     )
-    report = await anyio.to_thread.run_sync(
-        partial(collection.add_images, named, metadata=meta), limiter=state.inference
-    )
+    async with state.inference:
+        report = await state.ingest.run(partial(collection.add_images, named, metadata=meta))
     sources = [upload_uri(name, data) for name, data in named]
     labels = [name for name, _ in named]
     return _ingest_out(report, sources, labels)
@@ -63,9 +62,8 @@ async def ingest_paths(collection: CollectionDep, state: StateDep, body: PathIng
         partial(confine_paths, body.paths, state.settings.allowed_ingest_roots, max_files=MAX_PATH_INGEST_FILES)
     )
     if confined.files:
-        report = await anyio.to_thread.run_sync(
-            partial(collection.add, confined.files, metadata=body.metadata, progress=False), limiter=state.inference
-        )
+        async with state.inference:
+            report = await state.ingest.run(partial(collection.add, confined.files, metadata=body.metadata, progress=False))
     else:
         report = IngestReport()
     report.failed.extend(confined.refused)

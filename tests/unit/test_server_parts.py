@@ -134,3 +134,28 @@ def test_settings_as_environment_round_trips(tmp_path, monkeypatch) -> None:  # 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert Settings() == settings
+
+
+def test_ingest_threads_run_at_a_lower_priority() -> None:
+    import asyncio
+    import os
+    import sys
+    import threading
+
+    import pytest
+
+    from server.ingest_threads import INGEST_NICENESS, IngestThreads
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priorities are a Linux feature")
+    pool = IngestThreads(1)
+    try:
+        def niceness() -> int:
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        mine = niceness()
+        theirs = asyncio.run(pool.run(niceness))
+        assert theirs == min(mine + INGEST_NICENESS, 19)
+        assert niceness() == mine  # the caller's own priority is untouched
+    finally:
+        pool.shutdown()
