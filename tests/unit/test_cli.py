@@ -169,6 +169,11 @@ def test_reingest_adds_nothing(workspace: Workspace, ingested: Result) -> None:
     again = workspace.run("ingest", workspace.images, "--no-progress")
     assert again.exit_code == 0, again.output
     assert f"added 0, skipped {IMAGE_COUNT} unchanged, failed 1" in again.stdout
+    assert "note:" not in again.stdout
+    # issue #19, item 5: re-ingest with --meta says that stored items keep their metadata
+    tagged = workspace.run("ingest", workspace.images, "--no-progress", "-m", "source=laptop")
+    assert tagged.exit_code == 0, tagged.output
+    assert f"the {IMAGE_COUNT} already stored kept their metadata" in tagged.stdout
 
 
 def test_search_by_image_finds_it_first(workspace: Workspace, ingested: Result) -> None:

@@ -94,6 +94,12 @@ def ingest(
             typer.echo(f"created collection {target.name!r} (model {target.model})")
         report = target.add(paths, metadata=metadata or None, progress=not no_progress, ray=options)
     typer.echo(report.summary())
+    if metadata and report.skipped:
+        typer.echo(
+            f"note: --meta was applied to the {report.added} added item(s) only; the {report.skipped} already "
+            "stored kept their metadata (change it with PATCH /v1/collections/NAME/items/ID or "
+            "Collection.update_metadata)"
+        )
     if report.failed:
         print_table(
             f"{len(report.failed)} file(s) not ingested",
