@@ -7,7 +7,9 @@ importing this module (and the CLI that does) stays fast.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["OpenClipEncoder", "model_image_edge"]
+
+logger = logging.getLogger(__name__)
 
 # Seed of the random initialisation used when no weights are loaded: every process that
 # builds the same architecture without weights gets the same model, hence the same codes.
@@ -82,7 +86,8 @@ class OpenClipEncoder:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             try:
-                clip, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=weights, device=device)
+                with _random_init_said_once(model, weights):
+                    clip, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=weights, device=device)
             except Exception as exc:
                 if weights is not None and Path(weights).is_file():
                     # Whatever torch says (bad pickle, missing keys, wrong shapes), the file is the problem.
@@ -230,6 +235,29 @@ def _check_model_name(model: str) -> None:
 
 def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or value.startswith("~") or value.lower().endswith(_CHECKPOINT_SUFFIXES)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextmanager
+def _random_init_said_once(model: str, weights: str | None) -> Iterator[None]:
+    """open_clip warns on the root logger every time a model gets random weights, i.e. on every
+    command with the tiny test model: nothing a user can act on. Random weights on a real
+    architecture are worth one line (from semstore's logger), the tiny model's none."""
+    if weights is not None:
+        yield
+        return
+    if model != TINY_TEST_MODEL:
+        logger.warning("open_clip model %r has random weights (no pretrained tag or checkpoint): its embeddings mean nothing", model)
+    root, dropped = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(dropped)
+    try:
+        yield
+    finally:
+        root.removeFilter(dropped)
 
 
 def _resolve_weights(model: str, pretrained: str | None, checkpoint_path: str | Path | None) -> tuple[str | None, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,19 @@ def test_importing_encoders_does_not_import_torch() -> None:
     code = "import sys, semstore.encoders; sys.exit(int('torch' in sys.modules or 'open_clip' in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_random_weights_warn_once_from_semstore_and_never_for_the_tiny_model(caplog: pytest.LogCaptureFixture) -> None:
+    # issue #19, item 8: open_clip's root-logger warning on every tiny-model command is noise
+    from semstore.encoders import TINY_TEST_MODEL, OpenClipEncoder
+
+    with caplog.at_level(logging.WARNING):
+        OpenClipEncoder(TINY_TEST_MODEL, None)
+    assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()], caplog.text
+    assert not [r for r in caplog.records if "random weights" in r.getMessage()], caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        OpenClipEncoder("RN50", None)  # a real architecture with random weights (slow-ish: ~1 s)
+    said = [r for r in caplog.records if "random weights" in r.getMessage() or "No pretrained" in r.getMessage()]
+    assert [r.name for r in said] == ["semstore.encoders.openclip"], caplog.text
+    assert logging.getLogger().filters == []  # the filter is removed again
