@@ -435,10 +435,11 @@ class Collection:
                     if checked or service.fresh_as_of(stored) is index:
                         break
                     index, checked = service.fresh(stored), True
-            except (storage.ConnectionLostError, DBAPIError) as exc:
-                if isinstance(exc, DBAPIError) and not exc.connection_invalidated:
+            except DBAPIError as exc:
+                # A dropped connection: SQLAlchemy has invalidated it and the pool's older
+                # connections already; the caller retries once on a new one.
+                if not exc.connection_invalidated:
                     raise
-                engine.dispose(close=False)  # the pool's other connections are likely dead too
                 raise storage.ConnectionLostError("the database dropped the connection") from exc
         by_id = {row.id: row for row in rows}
         # An id deleted between search and lookup is dropped rather than returned dangling.

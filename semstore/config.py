@@ -8,7 +8,6 @@ component needs configuration.
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Literal
 

@@ -24,9 +24,9 @@ from server.state import AppState
 PUBLIC_PATHS: frozenset[str] = frozenset(
     {"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico"}
 )
-#: Path prefixes anyone may request (the page's static files).
 #: Where the API documentation's own script and style files are served (fastapi-offline).
 DOCS_STATIC_URL = "/static-docs"
+#: Path prefixes anyone may request (the page's and the docs' static files).
 PUBLIC_PREFIXES: tuple[str, ...] = ("/static/", DOCS_STATIC_URL + "/")
 
 SCOPE_KEY = "semstore.principal"

@@ -17,8 +17,9 @@ class SortedCodeTable:
 
     The buffers grow by a quarter when full, so adding ids above every present one (the
     usual case: database ids increase) copies only the new rows, apart from a full copy
-    after every 25 % of growth; ids out of order are inserted in O(n). Not thread-safe: the owning index guards it with its read/write lock, and views
-    returned here are valid only until the next change.
+    after every 25 % of growth; ids out of order are inserted in O(n). Not thread-safe: the
+    owning index guards it with its read/write lock, and views returned here are valid only
+    until the next change.
     """
 
     def __init__(self, row_bytes: int, ids: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:

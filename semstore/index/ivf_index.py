@@ -196,13 +196,15 @@ class IVFIndex:
         """Codes (n, M) of ``ids`` in the given order; KeyError naming ids not in the index."""
         wanted = as_id_array(ids)
         with self._lock.read():
-            missing = ~self._table.contains(wanted)
-            if missing.any():
-                raise KeyError(f"ids not in the index: {wanted[missing][:10].tolist()}")
-            return self._codes_unlocked(wanted)
+            present, rows = self._table.find(wanted)
+            if not present.all():
+                raise KeyError(f"ids not in the index: {wanted[~present][:10].tolist()}")
+            return self._unpacked(self._table.rows_at(rows))
 
     def _codes_unlocked(self, ids: np.ndarray) -> np.ndarray:
-        rows = self._table.rows(ids)
+        return self._unpacked(self._table.rows(ids))
+
+    def _unpacked(self, rows: np.ndarray) -> np.ndarray:
         return unpack_codes(rows, self._codec.num_subvectors, self._nbits).astype(self._codec.code_dtype)
 
     def search(

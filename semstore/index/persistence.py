@@ -28,7 +28,6 @@ FORMAT = "semstore-adc-index/1"
 CONFIG_NAME = "config.json"
 _INDEX_NAME = re.compile(r"^index-(\d+)\.faiss$")
 _TEMP_NAME = re.compile(r"^\.(index-\d+\.faiss|config\.json)\.[0-9a-f]{12}\.tmp$")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -61,11 +60,9 @@ class IndexVersion:
         return cls(**data)
 
 
-def write_index_dir(
-    directory: str | Path, index: faiss.Index | np.ndarray, version: IndexVersion, meta: dict[str, Any]
-) -> Path:
-    """Save ``index`` (a FAISS index, or one already serialised by ``faiss.serialize_index``)
-    into ``directory`` atomically; returns the new index file's path.
+def write_index_dir(directory: str | Path, serialized: np.ndarray, version: IndexVersion, meta: dict[str, Any]) -> Path:
+    """Save an index serialised by ``faiss.serialize_index`` into ``directory`` atomically;
+    returns the new index file's path.
 
     ``meta`` (layout, code shape, ...) is stored in ``config.json`` next to the version.
     """
@@ -74,16 +71,12 @@ def write_index_dir(
     token = uuid.uuid4().hex[:12]
     tmp_index = folder / f".{name}.{token}.tmp"
     try:
-        create_private_file(tmp_index)  # FAISS truncates it and keeps its 0600 mode
-        if isinstance(index, np.ndarray):
-            with open(tmp_index, "wb") as handle:
-                handle.write(memoryview(index))
-            digest = hashlib.sha256(memoryview(index)).hexdigest()
-            _fsync_file(tmp_index)
-        else:
-            faiss.write_index(index, str(tmp_index))
-            _fsync_file(tmp_index)
-            digest = _sha256_file(tmp_index)
+        create_private_file(tmp_index)  # opening it "wb" below truncates it and keeps its 0600 mode
+        with open(tmp_index, "wb") as handle:
+            handle.write(memoryview(serialized))
+            handle.flush()
+            os.fsync(handle.fileno())
+        digest = hashlib.sha256(memoryview(serialized)).hexdigest()
         size = tmp_index.stat().st_size
         os.replace(tmp_index, folder / name)
     finally:
@@ -167,19 +160,6 @@ def read_index_dir(
 def _next_generation(folder: Path) -> int:
     numbers = [int(match.group(1)) for path in folder.iterdir() if (match := _INDEX_NAME.match(path.name))]
     return max(numbers, default=0) + 1
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -108,8 +108,8 @@ def read_engine(engine: Engine) -> Engine:
     mode and without a pre-ping: a search then costs its own statements' round trips only
     (here about 0.1 ms each), not also a ping, a BEGIN and a ROLLBACK. Each statement still
     sees every transaction committed before it. A connection the server dropped is found
-    by the statement that fails on it, and the caller retries on a new one
-    (:class:`~semstore.storage.search_reads.SearchReads`, ``Collection.search_vector``).
+    by the statement that fails on it (SQLAlchemy then invalidates it and the pool's older
+    connections), and ``Collection.search_vector`` retries once on a new one.
     SQLite's driver opens no transaction for a SELECT and has nothing to ping: the engine
     itself serves.
     """
