@@ -34,6 +34,7 @@ from semstore.storage.errors import (
     MigrationError,
     StorageError,
 )
+from semstore.storage.filters import filter_item_ids, filter_item_ids_with_revision
 from semstore.storage.search_reads import HitRow, SearchReads
 from semstore.storage.migrate import current_revision, head_revision, require_database, upgrade_head
 from semstore.storage.models import API_KEY_SCOPES, ApiKey, Base, Codec, Collection, Item
@@ -54,8 +55,6 @@ from semstore.storage.repository import (
     delete_collection,
     delete_items,
     existing_hashes,
-    filter_item_ids,
-    filter_item_ids_with_revision,
     find_api_key,
     get_codec,
     get_collection,

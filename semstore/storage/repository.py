@@ -9,8 +9,6 @@ of items and the collection revision bump, commit or roll back together.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,28 +17,16 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from sqlalchemy import (
-    Column,
-    ColumnElement,
-    MetaData,
-    Select,
-    Table,
-    Text,
-    any_,
     delete,
     func,
     insert,
-    intersect,
-    literal,
     or_,
     select,
-    type_coerce,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.types import BigInteger, Float, Integer, LargeBinary, String
 
 from semstore.storage.errors import (
     ApiKeyExistsError,
@@ -51,7 +37,6 @@ from semstore.storage.errors import (
     CorruptCodesError,
     DuplicateItemError,
     ItemNotFoundError,
-    StorageError,
 )
 from semstore.storage.models import API_KEY_SCOPES, ApiKey, Codec, Collection, Item
 from semstore.storage.types import digest_bytes
@@ -114,20 +99,6 @@ def _dialect(session: Reader) -> str:
     if isinstance(session, Connection):
         return session.dialect.name
     return session.get_bind().dialect.name
-
-
-def _id_in(column: Any, ids: Sequence[int], dialect: str) -> ColumnElement[bool]:
-    """``column IN ids`` with the whole list bound as ONE parameter.
-
-    An expanding ``IN (?, ?, ...)`` of thousands of ids is compiled anew for every length
-    (most of a filtered search's time at 10^4 candidates); one array (PostgreSQL) or one
-    JSON text (SQLite ``json_each``) keeps the statement cached and the parameters cheap.
-    """
-    values = [int(i) for i in ids]
-    if dialect == "postgresql":
-        return column == any_(literal(values, ARRAY(BigInteger)))
-    table = func.json_each(literal("[" + ",".join(map(str, values)) + "]", Text)).table_valued("value")
-    return column.in_(select(table.c.value))
 
 
 def _is_unique_violation(exc: IntegrityError) -> bool:
@@ -390,138 +361,6 @@ def update_item_metadata(
     _bump_revision(session, collection_id)
     session.flush()
     return item
-
-
-#: The ``item_metadata`` postings of SQLite (migration 0003; not an ORM model: the two
-#: dialects store the value differently) ...
-ITEM_METADATA = Table(
-    "item_metadata",
-    MetaData(),
-    Column("item_id", Integer),
-    Column("collection_id", Integer),
-    Column("key", Text),
-    Column("type", Text),
-    Column("value", LargeBinary()),  # BLOB affinity on SQLite: values keep their own types
-)
-
-#: ... and of PostgreSQL (migration 0004), where jsonb equality tells the types apart.
-PG_ITEM_METADATA = Table(
-    "item_metadata",
-    MetaData(),
-    Column("item_id", BigInteger),
-    Column("collection_id", Integer),
-    Column("key", Text),
-    Column("value", JSONB),
-)
-
-
-def _sqlite_posting_ids(collection_id: int, key: str, value: MetadataValue, among: Sequence[int] | None) -> Select[Any]:
-    """Ids of items with ``key: value``, from the ``item_metadata`` postings (migration 0003).
-
-    json_each's ``type`` column, stored beside each value, is what tells a boolean from a
-    number and a number from a numeric-looking string.
-    """
-    column = ITEM_METADATA.c
-    conditions: list[ColumnElement[bool]] = [column.collection_id == collection_id, column.key == key]
-    if isinstance(value, bool):
-        conditions += [column.value == type_coerce(int(value), Integer), column.type == ("true" if value else "false")]
-    elif isinstance(value, str):
-        conditions += [column.value == type_coerce(value, String), column.type == "text"]
-    else:
-        number = type_coerce(value, Float if isinstance(value, float) else Integer)
-        conditions += [column.value == number, column.type.in_(("integer", "real"))]
-    if among is not None:
-        conditions.append(_id_in(column.item_id, among, "sqlite"))
-    return select(column.item_id).where(*conditions)
-
-
-def _pg_posting_ids(collection_id: int, key: str, value: MetadataValue, among: Sequence[int] | None) -> Select[Any]:
-    """Ids of items with ``key: value``, from PostgreSQL's ``item_metadata`` postings (migration 0004)."""
-    column = PG_ITEM_METADATA.c
-    conditions = [column.collection_id == collection_id, column.key == key, column.value == literal(value, JSONB)]
-    if among is not None:
-        conditions.append(_id_in(column.item_id, among, "postgresql"))
-    return select(column.item_id).where(*conditions)
-
-
-def filter_item_ids(
-    session: Reader, *, collection_id: int, where: Mapping[str, MetadataValue], among: Sequence[int] | None = None
-) -> np.ndarray:
-    """Ids (int64, ascending) of the collection's items whose metadata has every ``key: value``.
-
-    Types matter: ``"1"``, ``1`` and ``true`` are different values; ``1`` and ``1.0`` are equal.
-    Served by the ``item_metadata`` postings (one btree range per key), so a filter that
-    matches few items costs little whatever the collection's size. ``among`` restricts the
-    answer to those candidate ids.
-    """
-    if among is not None and len(among) == 0:
-        _check_where(where)
-        return np.empty(0, dtype=np.int64)
-    column, dialect = _matching_ids(session, collection_id, where, among)
-    return np.sort(_fetch_ids(session, select(_aggregate(column, dialect))))
-
-
-def filter_item_ids_with_revision(
-    session: Reader, *, collection_id: int, where: Mapping[str, MetadataValue]
-) -> tuple[np.ndarray, CollectionRevision]:
-    """:func:`filter_item_ids` and the collection's revision, read in one statement (so the
-    ids are exactly those of that revision: what a cache of filter results is keyed by)."""
-    column, dialect = _matching_ids(session, collection_id, where, None)
-    row = session.execute(
-        select(Collection.revision, Collection.codec_id, select(_aggregate(column, dialect)).scalar_subquery())
-        .where(Collection.id == collection_id)
-    ).one_or_none()  # fmt: skip
-    if row is None:
-        raise CollectionNotFoundError(f"no collection with id {collection_id}")
-    return np.sort(_unpack_ids(row[2])), CollectionRevision(int(row[0]), row[1])
-
-
-def _check_where(where: Mapping[str, MetadataValue]) -> None:
-    for key, value in where.items():
-        if not isinstance(key, str):
-            raise TypeError(f"metadata keys are strings, got {key!r}")
-        if not isinstance(value, str | int | float | bool):
-            raise TypeError(f"metadata filter values are str, int, float or bool, got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"metadata filter value for {key!r} must be finite")
-
-
-def _matching_ids(
-    session: Reader, collection_id: int, where: Mapping[str, MetadataValue], among: Sequence[int] | None
-) -> tuple[ColumnElement[Any], str]:
-    """The id column of a subquery selecting the matching items (distinct), and the dialect."""
-    _check_where(where)
-    dialect = _dialect(session)
-    if dialect not in ("sqlite", "postgresql"):
-        raise StorageError(f"metadata filters are not implemented for {dialect}")
-    if where:
-        posting = _sqlite_posting_ids if dialect == "sqlite" else _pg_posting_ids
-        selects = [posting(collection_id, key, value, among) for key, value in where.items()]
-        query = selects[0] if len(selects) == 1 else select(intersect(*selects).subquery().c.item_id)
-        # (postings are distinct per item and key, and intersect is distinct: no DISTINCT needed)
-        return query.subquery().c[0], dialect
-    conditions: list[ColumnElement[bool]] = [Item.collection_id == collection_id]
-    if among is not None:
-        conditions.append(_id_in(Item.id, among, dialect))
-    return select(Item.id).where(*conditions).subquery().c.id, dialect
-
-
-def _aggregate(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
-    """All values of an id column as one aggregate: a JSON array (SQLite) or an array
-    (PostgreSQL) in a single row, instead of one row object per id (at 10^4 matching ids,
-    10 ms of row iteration became about 1 ms)."""
-    return func.json_group_array(column) if dialect == "sqlite" else func.array_agg(column)
-
-
-def _fetch_ids(session: Reader, query: Select[Any]) -> np.ndarray:
-    return _unpack_ids(session.execute(query).scalar())
-
-
-def _unpack_ids(packed: Any) -> np.ndarray:
-    if packed is None:
-        return np.empty(0, dtype=np.int64)
-    values = json.loads(packed) if isinstance(packed, str) else packed
-    return np.asarray(values, dtype=np.int64).reshape(-1)
 
 
 def _stream_id_code_rows(
