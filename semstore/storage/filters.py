@@ -9,7 +9,7 @@ here, as much as the lookup itself. Values are always bound parameters.
 The postings (migrations 0003 and 0004) hold one row per item and top-level key: SQLite
 keeps json_each's value with its ``type`` beside it (what tells ``true`` from ``1`` and
 ``"1"``), PostgreSQL a jsonb value (its equality tells the types apart, ``1 == 1.0``).
-Matching ids come back as one aggregate (a JSON array, an array), not one row per id.
+Matching ids come back as one aggregate (comma-separated text, an array), not one row per id.
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ def _render(dialect: str, kinds: tuple[str, ...], among: bool, with_revision: bo
             selects.append(posting)
         # (postings are distinct per item and key, and INTERSECT is distinct: no DISTINCT needed)
         query = " INTERSECT ".join(selects)
-    aggregate = "json_group_array(item_id)" if sqlite else "array_agg(item_id)"
+    # SQLite: comma-separated text, parsed by numpy in C (json.loads of 10^4 ids cost 2 ms here)
+    aggregate = "group_concat(item_id)" if sqlite else "array_agg(item_id)"
     ids = f"SELECT {aggregate} FROM ({query}) AS matching"
     if not with_revision:
         return ids
@@ -154,5 +155,6 @@ def _render(dialect: str, kinds: tuple[str, ...], among: bool, with_revision: bo
 def _unpack_ids(packed: Any) -> np.ndarray:
     if packed is None:
         return np.empty(0, dtype=np.int64)
-    values = json.loads(packed) if isinstance(packed, str) else packed
-    return np.asarray(values, dtype=np.int64).reshape(-1)
+    if isinstance(packed, str):
+        return np.fromstring(packed, dtype=np.int64, sep=",")
+    return np.asarray(packed, dtype=np.int64).reshape(-1)
