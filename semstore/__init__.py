@@ -30,6 +30,7 @@ _EXPORTS = {
     "Classification": "semstore.search",
     "IngestReport": "semstore.ingest.pipeline",
     "IngestError": "semstore.ingest.pipeline",
+    "IngestInterrupted": "semstore.ingest.pipeline",
     "PQVAECodec": "semstore.codec",
     "Settings": "semstore.config",
     "get_settings": "semstore.config",
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from semstore.collection import Collection, CollectionStats, QueryError
     from semstore.config import Settings, get_settings
     from semstore.database import Database, connect
-    from semstore.ingest.pipeline import IngestError, IngestReport
+    from semstore.ingest.pipeline import IngestError, IngestInterrupted, IngestReport
     from semstore.search import Classification, SearchHit
 
 

@@ -217,8 +217,15 @@ class Database:
     def index_directory(self, collection: Collection) -> Path:
         """Where a collection's saved index lives (per database, per collection).
 
+        Beside a SQLite file, in ``<file>.indexes/`` (``./photos.db`` keeps its indexes in
+        ``./photos.db.indexes/``), so a database and the files derived from it stay together;
+        for PostgreSQL (and in-memory SQLite) under ``data_dir/indexes``, keyed by the URL.
+        An index is derived data: one missing or out of date is rebuilt from the codes.
         Raises :class:`semstore.names.UnsafePathError` for a name that is no safe folder name.
         """
+        database_file = storage.sqlite_path(self.url)
+        if database_file is not None:
+            return child_folder(database_file.with_name(database_file.name + ".indexes"), f"{collection.id}-{collection.name}")
         database_key = hashlib.sha256(self.url.encode()).hexdigest()[:12]
         return child_folder(self.settings.data_dir.expanduser() / "indexes", f"{database_key}-{collection.id}-{collection.name}")
 

@@ -1,7 +1,14 @@
 """Ingest: image files -> embeddings -> codes -> database, resumable and fault tolerant."""
 
 from semstore.ingest.images import IMAGE_EXTENSIONS, BadImageError, content_hash, open_image
-from semstore.ingest.pipeline import BytesSource, FailedSource, IngestError, IngestPipeline, IngestReport
+from semstore.ingest.pipeline import (
+    BytesSource,
+    FailedSource,
+    IngestError,
+    IngestInterrupted,
+    IngestPipeline,
+    IngestReport,
+)
 from semstore.ingest.sources import SourceNotFoundError, iter_image_files
 
 __all__ = [
@@ -10,6 +17,7 @@ __all__ = [
     "BytesSource",
     "FailedSource",
     "IngestError",
+    "IngestInterrupted",
     "IngestPipeline",
     "IngestReport",
     "SourceNotFoundError",

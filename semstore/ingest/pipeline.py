@@ -32,6 +32,21 @@ class IngestError(RuntimeError):
     """An ingest run could not store anything (e.g. too few images to train a codec)."""
 
 
+class IngestInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or another KeyboardInterrupt) stopped an ingest; says what was kept and lost.
+
+    Every item counted in :attr:`report` was committed and stays. :attr:`unsaved_sample`
+    images had been embedded for the codec's training sample but were not stored yet:
+    their embeddings lived in memory only (never on disk) and are gone. Running the same
+    ingest again resumes: stored images are skipped by content hash.
+    """
+
+    def __init__(self, report: IngestReport, unsaved_sample: int) -> None:
+        super().__init__(report.summary())
+        self.report = report
+        self.unsaved_sample = unsaved_sample
+
+
 TOO_FEW_TO_TRAIN = (
     "a new collection needs at least 2 readable images to train its codec; "
     "add more images or reuse a trained codec (--codec FILE)"
@@ -139,6 +154,7 @@ class IngestPipeline:
         self._on_items_added = on_items_added
         self._on_codec_trained = on_codec_trained
         self._buffer: list[tuple[_Decoded, np.ndarray]] = []
+        self._sample_bar: tqdm | None = None
 
     @property
     def codec(self) -> PQVAECodec | None:
@@ -169,8 +185,30 @@ class IngestPipeline:
     ) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport()
-        seen: set[str] = set()
         bar = tqdm(total=len(files), desc="ingest", unit="img", disable=not progress, dynamic_ncols=True)
+        if self._codec is None and files:
+            # The first phase stores nothing until the codec is trained: give it its own bar.
+            self._sample_bar = tqdm(
+                total=min(self._bootstrap_size, len(files)), desc="embedding codec sample", unit="img",
+                disable=not progress, dynamic_ncols=True, position=1,
+            )  # fmt: skip
+        try:
+            self._ingest_batches(files, metadata, report, bar, progress)
+        except KeyboardInterrupt as exc:
+            unsaved, self._buffer = len(self._buffer), []
+            report.seconds = time.perf_counter() - started
+            raise IngestInterrupted(report, unsaved) from exc
+        finally:
+            self._close_sample_bar()
+            bar.close()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _ingest_batches(
+        self, files: list[Path | BytesSource], metadata: Mapping[str, Any] | None, report: IngestReport,
+        bar: tqdm, progress: bool,
+    ) -> None:
+        seen: set[str] = set()
         batches = [files[i : i + self._batch_size] for i in range(0, len(files), self._batch_size)]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="semstore-decode") as pool:
             # Decode the next batch while the encoder works on the current one.
@@ -191,9 +229,12 @@ class IngestPipeline:
         if self._buffer:
             self._train_and_flush(metadata, report, progress)
             self._show_counts(bar, report)  # the buffered images are stored only now
-        bar.close()
-        report.seconds = time.perf_counter() - started
-        return report
+
+    def _close_sample_bar(self) -> None:
+        if self._sample_bar is not None:
+            self._sample_bar.refresh()  # its last count, whatever tqdm's redraw interval
+            self._sample_bar.close()
+            self._sample_bar = None
 
     def _show_counts(self, bar: tqdm, report: IngestReport) -> None:
         counts = {"added": report.added, "skipped": report.skipped, "failed": len(report.failed)}
@@ -244,6 +285,8 @@ class IngestPipeline:
     ) -> None:
         if self._codec is None:
             self._buffer.extend(zip(decoded, embeddings))
+            if self._sample_bar is not None:
+                self._sample_bar.update(len(decoded))
             if len(self._buffer) >= self._bootstrap_size:
                 self._train_and_flush(metadata, report, progress)
             return
@@ -252,7 +295,7 @@ class IngestPipeline:
     def _train_and_flush(self, metadata: Mapping[str, Any] | None, report: IngestReport, progress: bool) -> None:
         decoded = [d for d, _ in self._buffer]
         embeddings = np.stack([e for _, e in self._buffer])
-        self._buffer = []
+        self._close_sample_bar()
         if self._codec is None:
             if len(decoded) < 2:
                 raise IngestError(TOO_FEW_TO_TRAIN)
@@ -267,6 +310,7 @@ class IngestPipeline:
                 self._on_codec_trained(codec, codec_id)
         assert self._codec is not None
         self._store(decoded, self._codec.encode(embeddings), metadata, report)
+        self._buffer = []  # (kept until stored, so an interruption while training counts them as lost)
 
     def _store(
         self,

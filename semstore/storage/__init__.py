@@ -17,6 +17,7 @@ from semstore.storage.engine import (
     normalize_database_url,
     read_engine,
     session_factory,
+    sqlite_path,
     transaction,
 )
 from semstore.storage.errors import (
@@ -138,6 +139,7 @@ __all__ = [
     "revoke_api_key",
     "save_codec",
     "session_factory",
+    "sqlite_path",
     "set_collection_codec",
     "source_uris_by_hash",
     "touch_api_key",

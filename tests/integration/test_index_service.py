@@ -15,6 +15,7 @@ from sqlalchemy import event
 
 import semstore
 import semstore.index_service
+from semstore import storage
 from semstore.config import Settings
 from semstore.encoders import TINY_TEST_MODEL, OpenClipEncoder
 from semstore.index import ADCIndex
@@ -265,3 +266,17 @@ def test_a_search_survives_the_server_dropping_its_connections(
         assert [hit.id for hit in photos.search_vector(query, k=5, where={"none": 1})] == before_filtered == []
     finally:
         db.close()
+
+
+def test_saved_index_lives_beside_a_sqlite_file_else_in_the_data_directory(db_url: str, tmp_path: Path) -> None:
+    settings = _settings(tmp_path, db_url, "where")
+    with semstore.connect(settings=settings) as database:
+        photos = database.create_collection("photos")
+        photos.add_images(_images(0, 8))
+        directory = database.index_directory(photos)
+        database_file = storage.sqlite_path(database.url)
+    assert any(path.suffix == ".faiss" for path in directory.iterdir())
+    if database_file is not None:  # ./x.db -> ./x.db.indexes/<id>-photos: they move together
+        assert directory.parent == database_file.with_name(database_file.name + ".indexes")
+    else:  # PostgreSQL: per URL under the data directory
+        assert directory.parent == settings.data_dir / "indexes" and directory.name.endswith("-photos")

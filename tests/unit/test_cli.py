@@ -238,8 +238,16 @@ def test_stats_json(workspace: Workspace, ingested: Result) -> None:
     # K = 16: the 4-bit fast-scan layout; RAM = 4 half-bytes of codes + an 8-byte id per item.
     assert stats["index_kind"] == "adc-fastscan" and stats["index_bytes_per_item"] > 8
 
+    # The saved index lives beside the SQLite file it belongs to (issue #19, item 9), and exists.
+    database_file = workspace.root / "data" / "semstore.db"
+    index_directory = Path(stats["index_directory"])
+    assert index_directory.parent == database_file.with_name("semstore.db.indexes")
+    assert index_directory.name.endswith("-default") and (index_directory / "config.json").is_file()
+    assert stats["pretrained"] is None  # the tiny model has no weights to name
+
     table = workspace.run("stats")
     assert table.exit_code == 0 and "bits per vector" in table.stdout and "index RAM per item" in table.stdout
+    assert "index saved in" in table.stdout
 
 
 def test_collections_lists_counts(workspace: Workspace, ingested: Result) -> None:

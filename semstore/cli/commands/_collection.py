@@ -21,8 +21,9 @@ def get_or_create(database: "Database", name: str, *, codec: Path | None) -> tup
     try:
         collection = database.collection(name)
     except CollectionNotFoundError:
-        settings = database.settings
-        created = database.create_collection(name, model=settings.model, pretrained=settings.pretrained, codec=codec)
+        # (the pretrained tag is left to create_collection: it is the settings' one, except for
+        # the tiny test model, which has no weights to name)
+        created = database.create_collection(name, model=database.settings.model, codec=codec)
         return created, True
     if codec is not None:
         check_codec(collection, codec)

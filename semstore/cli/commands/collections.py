@@ -85,8 +85,9 @@ def stats(
         opened = database.collection(collection)
         _ = opened.index  # loaded (or built) so its kind and RAM per item are reported
         figures = opened.stats()
+        index_directory = str(database.index_directory(opened))
     if json_output:
-        echo_json(dataclasses.asdict(figures))
+        echo_json({**dataclasses.asdict(figures), "index_directory": index_directory})
         return
     rows = [
         ("collection", figures.name),
@@ -102,6 +103,7 @@ def stats(
         ("index", (figures.index_kind or "none (no codec yet)") + (
             f" (nlist {figures.index_nlist}, nprobe {figures.index_nprobe})" if figures.index_nlist else "")),
         ("index RAM per item", f"{figures.index_bytes_per_item:g} B" if figures.index_bytes_per_item is not None else "-"),
+        ("index saved in", index_directory),
     ]
     print_table(None, ["", "value"], rows)
 

@@ -20,11 +20,27 @@ from semstore.cli.params import (
     parse_pairs,
 )
 from semstore.cli.render import print_table
+from semstore.ingest.pipeline import IngestInterrupted
 
 if TYPE_CHECKING:
     from semstore.distributed import RayIngestOptions
 
 _RAY = "Distributed (Ray)"
+#: What a shell reports for a command stopped by Ctrl-C (128 + SIGINT).
+INTERRUPTED_EXIT_CODE = 130
+
+
+def interrupted_message(stop: IngestInterrupted) -> str:
+    """What was kept and lost when Ctrl-C stopped an ingest, and how to resume."""
+    report = stop.report
+    lines = [f"interrupted after {report.seconds:.1f}s: {report.added} item(s) stored and kept, {report.skipped} skipped."]
+    if stop.unsaved_sample:
+        lines.append(
+            f"{stop.unsaved_sample} image(s) embedded for the codec sample were not stored: the sample is "
+            "held in memory only (never written to disk) until the codec is trained, and is lost."
+        )
+    lines.append("Run the same command again to resume: images already stored are skipped.")
+    return "\n".join(lines)
 
 
 def _ray_options(address: str, *, workers: int, gpus_per_worker: float | None, batch_size: int) -> "RayIngestOptions":
@@ -51,6 +67,17 @@ def ingest(
         typer.Option("--meta", "-m", help="KEY=VALUE metadata for every added item (repeatable); numbers and true/false are typed."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per encoder batch.")] = None,
+    codec_sample: Annotated[
+        int | None,
+        typer.Option(
+            "--codec-sample",
+            min=2,
+            metavar="N",
+            help="A new collection's codec is trained on its first N images (default 5000, "
+            "SEMSTORE_CODEC_BOOTSTRAP_SIZE); nothing is stored before that. Fewer: a faster first "
+            "result, a codec fitted to less data.",
+        ),
+    ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
     ray: Annotated[
         str | None,
@@ -84,7 +111,10 @@ def ingest(
     missing = [str(path) for path in paths if not path.expanduser().exists()]
     if missing:
         raise CliError(f"no such file or folder: {', '.join(missing)}")
-    settings = build_settings(db=db, data_dir=data_dir, model=model, pretrained=pretrained, batch_size=batch_size)
+    settings = build_settings(
+        db=db, data_dir=data_dir, model=model, pretrained=pretrained, batch_size=batch_size,
+        codec_bootstrap_size=codec_sample,
+    )  # fmt: skip
     options = None
     if ray is not None:
         options = _ray_options(ray, workers=workers, gpus_per_worker=gpus_per_worker, batch_size=settings.batch_size)
@@ -92,7 +122,11 @@ def ingest(
         target, created = get_or_create(database, collection, codec=codec)
         if created:
             typer.echo(f"created collection {target.name!r} (model {target.model})")
-        report = target.add(paths, metadata=metadata or None, progress=not no_progress, ray=options)
+        try:
+            report = target.add(paths, metadata=metadata or None, progress=not no_progress, ray=options)
+        except IngestInterrupted as stop:
+            typer.echo(interrupted_message(stop), err=True)
+            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
     typer.echo(report.summary())
     if metadata and report.skipped:
         typer.echo(
