@@ -229,15 +229,22 @@ class IndexService:
         directory = self._directory()
         if directory is None:
             return None
+        saved: SearchIndex | None = None
         try:
-            return ADCIndex.load(directory, codec)
+            saved = ADCIndex.load(directory, codec)
         except IndexLoadError as exc:
             reason = exc
-        try:
-            return IVFIndex.load(directory, codec, nprobe=self.policy.nprobe)
-        except IndexLoadError:
-            logger.info("collection %s: building the index (%s)", self._collection_id, reason)
+        if saved is None:
+            try:
+                saved = IVFIndex.load(directory, codec, nprobe=self.policy.nprobe)
+            except IndexLoadError:
+                logger.info("collection %s: building the index (%s)", self._collection_id, reason)
+                return None
+        if self.policy.kind != "auto" and self.policy.wants_ivf(codec, len(saved), saved) != isinstance(saved, IVFIndex):
+            # A pinned kind wins over a saved index of the other kind (saved before the pin).
+            logger.info("collection %s: the saved index is not of the pinned kind %s; building one", self._collection_id, self.policy.kind)
             return None
+        return saved
 
     def migrate_if_needed(self) -> bool:
         """Rebuild the index as the other kind when the collection's size calls for it.
