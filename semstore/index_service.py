@@ -79,6 +79,10 @@ class IndexPolicy:
         threshold = self.ivf_min_items // 2 if isinstance(current, IVFIndex) else self.ivf_min_items
         return items >= max(1, threshold)
 
+    def wants_other_kind(self, index: SearchIndex) -> bool:
+        """Whether ``index`` (its codec, its size) calls for the other kind of index."""
+        return self.wants_ivf(index.codec, len(index), index) != isinstance(index, IVFIndex)
+
 
 @dataclass(frozen=True)
 class IndexState:
@@ -229,18 +233,16 @@ class IndexService:
         directory = self._directory()
         if directory is None:
             return None
-        saved: SearchIndex | None = None
+        saved: SearchIndex
         try:
             saved = ADCIndex.load(directory, codec)
         except IndexLoadError as exc:
-            reason = exc
-        if saved is None:
             try:
                 saved = IVFIndex.load(directory, codec, nprobe=self.policy.nprobe)
             except IndexLoadError:
-                logger.info("collection %s: building the index (%s)", self._collection_id, reason)
+                logger.info("collection %s: building the index (%s)", self._collection_id, exc)
                 return None
-        if self.policy.kind != "auto" and self.policy.wants_ivf(codec, len(saved), saved) != isinstance(saved, IVFIndex):
+        if self.policy.kind != "auto" and self.policy.wants_other_kind(saved):
             # A pinned kind wins over a saved index of the other kind (saved before the pin).
             logger.info("collection %s: the saved index is not of the pinned kind %s; building one", self._collection_id, self.policy.kind)
             return None
@@ -253,14 +255,14 @@ class IndexService:
         catch-ups wait. Returns whether it switched.
         """
         index = self._index
-        if index is None or self.policy.wants_ivf(index.codec, len(index), index) == isinstance(index, IVFIndex):
+        if index is None or not self.policy.wants_other_kind(index):
             return False
         with self._apply:
             current = self.codec_and_index()
             if current is None:
                 return False
             codec_id, old = current
-            if self.policy.wants_ivf(old.codec, len(old), old) == isinstance(old, IVFIndex):
+            if not self.policy.wants_other_kind(old):
                 return False
             revision, new = self._build(old.codec, old)
             logger.info("collection %s: %d items, index switched to %s", self._collection_id, len(new), type(new).__name__)

@@ -98,7 +98,7 @@ def _matching_statement(
     candidates = None
     if among is not None:
         values = [int(i) for i in among]
-        candidates = "[" + ",".join(map(str, values)) + "]" if sqlite else values
+        candidates = json.dumps(values) if sqlite else values  # (json_each's argument, as SearchReads binds it)
     if not where:
         params.append(collection_id)
         if candidates is not None:
