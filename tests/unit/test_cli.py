@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -460,9 +461,12 @@ def test_read_commands_leave_an_empty_postgres_database_empty(workspace: Workspa
         engine.dispose()
 
 
-@pytest.mark.parametrize("command", [["--help"], ["collections"], ["stats"], ["keys", "list"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "command", [["--help"], ["collections"], ["stats"], ["keys", "list"], ["search", "--item", "1"]], ids=" ".join
+)
 def test_commands_without_a_model_do_not_import_torch(workspace: Workspace, ingested: Result, command: list[str]) -> None:
-    # issue #19, item 4: importing torch/open_clip costs ~10 s; these commands must not pay it.
+    # issue #19, item 4: importing torch/open_clip costs ~10 s; these commands must not pay it
+    # (a search by a stored item decodes its codes: no model either).
     code = (
         "import sys; from semstore.cli.app import main\n"
         f"sys.argv = ['semstore', *{command!r}]\n"
@@ -475,3 +479,28 @@ def test_commands_without_a_model_do_not_import_torch(workspace: Workspace, inge
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "HEAVY=\n" in done.stderr, done.stderr
+
+
+def _run_cli_process(workspace: Workspace, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in workspace.env and k not in ("FORCE_COLOR", "NO_COLOR")}
+    env.update({k: v for k, v in workspace.env.items() if v is not None})
+    env.update(extra_env)
+    command = [sys.executable, "-m", "semstore.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_model_loading_shows_a_spinner_on_a_terminal_only(workspace: Workspace, ingested: Result) -> None:
+    # issue #19, item 4: the seconds spent loading the model are announced on a terminal's
+    # stderr; off a terminal (here: pipes) stdout and stderr carry only the results.
+    shown = _run_cli_process(workspace, "search", "red circle", "-k", "2", FORCE_COLOR="1")
+    assert shown.returncode == 0, shown.stderr
+    stderr = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.stderr)  # (the terminal's colour and cursor codes)
+    assert f"loading model {TINY} (no pretrained weights) ..." in stderr
+    assert re.search(rf"model {TINY} \(no pretrained weights\) loaded in \d+\.\d s", stderr), stderr
+    piped = _run_cli_process(workspace, "search", "red circle", "-k", "2", "--json")
+    assert piped.returncode == 0, piped.stderr
+    assert "loading model" not in piped.stderr + piped.stdout
+    assert [json.loads(line)["rank"] for line in piped.stdout.splitlines()] == [1, 2]
+    by_item = _run_cli_process(workspace, "search", "--item", "1", "-k", "2", FORCE_COLOR="1")
+    assert by_item.returncode == 0, by_item.stderr
+    assert "loading model" not in by_item.stderr  # no model is loaded for it

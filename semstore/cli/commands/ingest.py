@@ -7,6 +7,7 @@ import typer
 
 from semstore.cli.commands._collection import get_or_create
 from semstore.cli.errors import ERROR_EXIT_CODE, CliError
+from semstore.cli.loading import load_encoder
 from semstore.cli.params import (
     DEFAULT_COLLECTION,
     CodecOption,
@@ -122,6 +123,8 @@ def ingest(
         target, created = get_or_create(database, collection, codec=codec)
         if created:
             typer.echo(f"created collection {target.name!r} (model {target.model})")
+        if options is None:  # (on Ray, the workers load the model)
+            load_encoder(target)
         try:
             report = target.add(paths, metadata=metadata or None, progress=not no_progress, ray=options)
         except IngestInterrupted as stop:

@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from semstore.cli.errors import CliError
+from semstore.cli.loading import load_encoder
 from semstore.cli.params import (
     DEFAULT_COLLECTION,
     CollectionOption,
@@ -48,9 +49,10 @@ def search(
         options["rerank"] = rerank or None
     settings = build_settings(db=db, data_dir=data_dir)
     with open_database(settings, create=False) as database:
-        hits = database.collection(collection).search(
-            text, image=image, item=item, k=k, where=filters or None, min_score=min_score, **options
-        )
+        target = database.collection(collection)
+        if _needs_model(text, image, item):
+            load_encoder(target)
+        hits = target.search(text, image=image, item=item, k=k, where=filters or None, min_score=min_score, **options)
     if json_output:
         for rank, hit in enumerate(hits, 1):
             echo_json(
@@ -70,6 +72,14 @@ def search(
         return
     rows = [(rank, f"{hit.score:.4f}", hit.id, hit.source_uri, compact(hit.metadata)) for rank, hit in enumerate(hits, 1)]
     print_table(None, ["rank", "score", "id", "source", "metadata"], rows, numeric=["rank", "score", "id"])
+
+
+def _needs_model(text: str | None, image: Path | None, item: int | None) -> bool:
+    """Whether a valid query will embed something (an --item query decodes stored codes; bad
+    queries are refused by the library before any model would be needed)."""
+    if sum(q is not None for q in (text, image, item)) != 1:
+        return False
+    return image is not None or bool(text and text.strip())
 
 
 def classify(
@@ -99,6 +109,7 @@ def classify(
     settings = build_settings(db=db, data_dir=data_dir)
     with open_database(settings, create=False) as database:
         target = database.collection(collection)
+        load_encoder(target)
         result = target.classify(names, template=template)
         items = result.items()
         shown = items if limit == 0 else items[:limit]
