@@ -1,4 +1,4 @@
-"""Small JPEG previews of stored images (for the search page)."""
+"""Previews of stored images for the search page: small JPEGs, and the original's media type."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 from PIL import Image
 
 from semstore.ingest.budget import PixelBudget
-from semstore.ingest.images import open_image
+from semstore.ingest.images import ALLOWED_FORMATS, BadImageError, open_image
 
 #: Largest edge a thumbnail may be asked for.
 MAX_THUMBNAIL_SIZE = 1024
@@ -29,3 +29,17 @@ def make_thumbnail(
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=quality, optimize=True)
     return out.getvalue()
+
+
+def image_media_type(data: bytes) -> str:
+    """The MIME type of the image in ``data`` (one of the ingest formats), read from its header
+    without decoding pixels; raises ``BadImageError`` for anything else."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            kind = image.format
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadImageError(f"not a readable image ({exc})") from exc
+    mime = Image.MIME.get(kind or "")
+    if mime is None:
+        raise BadImageError(f"no media type for image format {kind!r}")
+    return mime

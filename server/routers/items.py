@@ -1,4 +1,4 @@
-"""Items: upload images, ingest server-side paths, get / patch / delete an item, thumbnails."""
+"""Items: upload images, ingest server-side paths, get / patch / delete an item, thumbnails and originals."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from semstore.collection import Collection
 from semstore.ingest import IngestReport
 from semstore.ingest.roots import confine_paths
 from semstore.storage import ItemNotFoundError
-from semstore.thumbnails import MAX_THUMBNAIL_SIZE, make_thumbnail
+from semstore.thumbnails import MAX_THUMBNAIL_SIZE, image_media_type, make_thumbnail
 from semstore.uploads import upload_uri
 from server.deps import CollectionDep, ItemId, ReadAccess, StateDep, WriteAccess
 from server.errors import COMMON_ERRORS, ApiError
@@ -174,3 +174,30 @@ async def thumbnail(
         limiter=state.inference,
     )
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get(
+    "/{item_id}/original",
+    dependencies=[ReadAccess],
+    response_class=Response,
+    responses={200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}, "description": "The original image file."}},
+)
+async def original(collection: CollectionDep, item_id: ItemId, state: StateDep) -> Response:
+    """The item's own source image, byte for byte, with its media type (never a path from the request).
+
+    Read under the same rules as the thumbnail: kept uploads and files under the server's
+    ``allowed_ingest_roots`` and ``source_roots`` only, at most ``max_upload_bytes``; served
+    only if it still is an image of an ingest format.
+    """
+    settings = state.settings
+    data = await anyio.to_thread.run_sync(
+        partial(
+            collection.source_bytes,
+            item_id,
+            max_bytes=settings.max_upload_bytes,
+            allowed_roots=settings.readable_source_roots(),
+        )
+    )
+    media_type = await anyio.to_thread.run_sync(image_media_type, data)
+    headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff", "Content-Disposition": "inline"}
+    return Response(data, media_type=media_type, headers=headers)

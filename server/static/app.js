@@ -1,20 +1,28 @@
 // The semstore search page: plain JS, no build step. Every API call sends the key typed in
-// the page (kept in sessionStorage) as "Authorization: Bearer"; thumbnails are fetched the
-// same way and shown from blob URLs, since <img src> cannot carry the header.
+// the page (kept in sessionStorage) as "Authorization: Bearer"; thumbnails and originals are
+// fetched the same way and shown from blob URLs, since <img src> cannot carry the header.
+// A server started with SEMSTORE_API_KEYS_DISABLED=1 answers without a key: the page then
+// asks for none.
 "use strict";
 
 const KEY_STORAGE = "semstore.apiKey";
 const COLLECTION_STORAGE = "semstore.collection";
+const UPLOAD_BATCH = 8;  // images per request (the server caps a request at max_images_per_request)
 
 const $ = (id) => document.getElementById(id);
 const els = {
-  keyForm: $("key-form"), key: $("api-key"), forget: $("forget-key"),
+  keyForm: $("key-form"), key: $("api-key"), forget: $("forget-key"), keyHow: $("key-how"),
   form: $("search-form"), collection: $("collection"), query: $("query"), k: $("k"),
   button: $("search-button"), drop: $("drop-zone"), choose: $("choose-image"), file: $("image-input"),
   status: $("status"), results: $("results"), heading: $("results-heading"),
+  uploadForm: $("upload-form"), uploadInput: $("upload-input"), uploadMeta: $("upload-meta"), uploadButton: $("upload-button"),
+  detail: $("detail"), detailTitle: $("detail-title"), detailImage: $("detail-image"), detailNote: $("detail-note"),
+  detailFacts: $("detail-facts"), detailOpen: $("detail-open"), detailMore: $("detail-more"), detailClose: $("detail-close"),
 };
 
 let objectUrls = [];
+let detailUrl = null;
+let detailHit = null;
 let searchSerial = 0;
 
 function apiKey() {
@@ -26,41 +34,91 @@ function setStatus(text, isError = false) {
   els.status.classList.toggle("error", isError);
 }
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status, code = null, detail = null) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+  }
+}
 
-async function api(path, options = {}) {
+async function api(path, options = {}, key = apiKey()) {
   const headers = new Headers(options.headers || {});
-  const key = apiKey();
   if (key) headers.set("Authorization", `Bearer ${key}`);
   const response = await fetch(path, { ...options, headers });
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
+    let error = null;
     try {
       const body = await response.json();
-      if (body && body.error) message = `${body.error.message} (${body.error.code})`;
+      if (body && body.error) {
+        error = body.error;
+        message = `${error.message} (${error.code})`;
+      }
     } catch (_) { /* not JSON */ }
-    throw new ApiError(message);
+    throw new ApiError(message, response.status, error && error.code, error && error.detail);
   }
   return response;
 }
 
+function showCollections(body) {
+  const wanted = els.collection.value || sessionStorage.getItem(COLLECTION_STORAGE);
+  els.collection.replaceChildren(...body.collections.map((c) => {
+    const option = new Option(`${c.name} (${c.items} items)`, c.name);
+    option.selected = c.name === wanted;
+    return option;
+  }));
+  return body.collections.length
+    ? `${body.collections.length} collection(s).`
+    : "No collections yet: ingest some images first (semstore ingest FOLDER -c NAME).";
+}
+
+function askForKey(message, isError = false) {
+  els.keyForm.hidden = false;
+  els.keyHow.hidden = false;
+  els.key.placeholder = "ssk_…";
+  setStatus(`${message} Paste a key above (how to get one is said there).`, isError);
+  els.key.focus();
+}
+
 async function loadCollections() {
-  if (!apiKey()) {
-    setStatus("Enter an API key to start.");
-    els.key.focus();
-    return;
-  }
+  const key = apiKey();
   try {
-    const body = await (await api("/v1/collections")).json();
-    const wanted = sessionStorage.getItem(COLLECTION_STORAGE);
-    els.collection.replaceChildren(...body.collections.map((c) => {
-      const option = new Option(`${c.name} (${c.items} items)`, c.name);
-      option.selected = c.name === wanted;
-      return option;
-    }));
-    setStatus(body.collections.length ? "Ready." : "No collections yet: ingest some images first.");
+    const body = await (await api("/v1/collections", {}, key)).json();
+    if (!key) {  // the server needs no key (SEMSTORE_API_KEYS_DISABLED): do not ask for one
+      els.keyForm.hidden = true;
+    }
+    setStatus(`Ready. ${showCollections(body)}`);
   } catch (error) {
-    setStatus(`Cannot list collections: ${error.message}`, true);
+    if (error.status !== 401) {
+      setStatus(`Cannot list collections: ${error.message}`, true);
+    } else if (key) {  // a stored key that stopped working (revoked, or another server)
+      sessionStorage.removeItem(KEY_STORAGE);
+      askForKey(`The saved key was refused: ${error.message}.`, true);
+    } else {
+      askForKey("This server needs an API key.");
+    }
+  }
+}
+
+async function useKey(key) {
+  setStatus("Checking the key…");
+  try {
+    const body = await (await api("/v1/collections", {}, key)).json();
+    sessionStorage.setItem(KEY_STORAGE, key);
+    els.key.placeholder = "key saved for this tab";
+    els.keyHow.hidden = true;
+    setStatus(`Key accepted. ${showCollections(body)}`);
+  } catch (error) {
+    sessionStorage.removeItem(KEY_STORAGE);
+    els.collection.replaceChildren();
+    render([]);
+    if (error.status === 401 || error.status === 403) {
+      askForKey(`That key was refused: ${error.message}.`, true);
+    } else {
+      setStatus(`Cannot check the key: ${error.message}`, true);
+    }
   }
 }
 
@@ -87,7 +145,10 @@ async function runSearch(describe, request) {
     render(body.hits);
     setStatus(`${body.hits.length} results for ${describe} in ${body.timing.total_ms.toFixed(1)} ms.`);
   } catch (error) {
-    if (serial === searchSerial) setStatus(`Search failed: ${error.message}`, true);
+    if (serial === searchSerial) {
+      render([]);  // results of an earlier search under this error would read as its answer
+      setStatus(`Search failed: ${error.message}`, true);
+    }
   } finally {
     if (serial === searchSerial) els.button.disabled = false;
   }
@@ -133,6 +194,12 @@ function card(hit) {
   item.className = "card";
   item.dataset.id = String(hit.id);
 
+  const open = document.createElement("button");
+  open.type = "button";
+  open.className = "open-detail";
+  open.setAttribute("aria-label", `Details of ${displayName(hit)}`);
+  open.addEventListener("click", () => openDetail(hit));
+
   const figure = document.createElement("figure");
   const img = document.createElement("img");
   img.className = "thumb";
@@ -151,6 +218,7 @@ function card(hit) {
   name.textContent = displayName(hit);
   caption.append(score, name);
   figure.append(caption);
+  open.append(figure);
 
   const more = document.createElement("button");
   more.type = "button";
@@ -159,7 +227,7 @@ function card(hit) {
   more.setAttribute("aria-label", `More like ${displayName(hit)}`);
   more.addEventListener("click", () => moreLikeThis(hit));
 
-  item.append(figure, more);
+  item.append(open, more);
   loadThumbnail(hit, img);
   return item;
 }
@@ -176,24 +244,159 @@ async function loadThumbnail(hit, img) {
   }
 }
 
+// -- item details ---------------------------------------------------------------------------
+
+function fact(term, value) {
+  const dt = document.createElement("dt");
+  dt.textContent = term;
+  const dd = document.createElement("dd");
+  dd.textContent = value;
+  return [dt, dd];
+}
+
+async function openDetail(hit) {
+  detailHit = hit;
+  if (detailUrl) URL.revokeObjectURL(detailUrl);
+  detailUrl = null;
+  els.detailTitle.textContent = displayName(hit);
+  els.detailImage.removeAttribute("src");
+  els.detailImage.alt = displayName(hit);
+  els.detailOpen.hidden = true;
+  els.detailNote.textContent = "Loading the original…";
+  const size = hit.width && hit.height ? `${hit.width} × ${hit.height} px` : "unknown";
+  const metadata = Object.entries(hit.metadata || {});
+  els.detailFacts.replaceChildren(
+    ...fact("source", hit.source_uri),
+    ...fact("item id", String(hit.id)),
+    ...fact("score", hit.score.toFixed(4)),
+    ...fact("size", size),
+    ...(metadata.length ? metadata.flatMap(([key, value]) => fact(key, JSON.stringify(value))) : fact("metadata", "none")),
+  );
+  els.detail.showModal();
+  try {
+    const blob = await (await api(collectionPath(`/items/${hit.id}/original`))).blob();
+    if (detailHit !== hit) return;
+    detailUrl = URL.createObjectURL(blob);
+    els.detailImage.src = detailUrl;
+    els.detailOpen.href = detailUrl;
+    els.detailOpen.hidden = false;
+    els.detailNote.textContent = "";
+  } catch (error) {
+    if (detailHit === hit) els.detailNote.textContent = `The original is not available: ${error.message}`;
+  }
+}
+
+function closeDetail() {
+  els.detail.close();
+}
+
+els.detail.addEventListener("close", () => {
+  detailHit = null;
+  els.detailImage.removeAttribute("src");
+  if (detailUrl) URL.revokeObjectURL(detailUrl);
+  detailUrl = null;
+});
+els.detailClose.addEventListener("click", closeDetail);
+els.detailMore.addEventListener("click", () => {
+  const hit = detailHit;
+  closeDetail();
+  if (hit) moreLikeThis(hit);
+});
+
+// -- upload -----------------------------------------------------------------------------------
+
+function uploadMetadata() {
+  const text = els.uploadMeta.value.trim();
+  if (!text) return null;
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (_) {
+    throw new Error('the metadata must be a JSON object, e.g. {"album": "summer"}');
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new Error('the metadata must be a JSON object, e.g. {"album": "summer"}');
+  }
+  return text;
+}
+
+async function upload(files) {
+  if (!els.collection.value) {
+    setStatus("Pick a collection first.", true);
+    return;
+  }
+  let metadata;
+  try {
+    metadata = uploadMetadata();
+  } catch (error) {
+    setStatus(`Upload not sent: ${error.message}.`, true);
+    els.uploadMeta.focus();
+    return;
+  }
+  els.uploadButton.disabled = true;
+  const totals = { added: 0, skipped: 0 };
+  const failed = [];
+  try {
+    for (let start = 0; start < files.length; start += UPLOAD_BATCH) {
+      setStatus(`Uploading ${Math.min(start + UPLOAD_BATCH, files.length)} of ${files.length} image(s)…`);
+      const form = new FormData();
+      files.slice(start, start + UPLOAD_BATCH).forEach((file) => form.append("files", file, file.name));
+      if (metadata) form.append("metadata", metadata);
+      let body;
+      try {
+        body = await (await api(collectionPath("/items"), { method: "POST", body: form })).json();
+      } catch (error) {
+        if (error.code !== "bad_images" || !error.detail) throw error;
+        body = error.detail;  // no image of this batch could be stored: the reasons are in the detail
+      }
+      totals.added += body.added;
+      totals.skipped += body.skipped;
+      body.files.filter((f) => f.status === "failed").forEach((f) => failed.push(`${f.source}: ${f.reason}`));
+    }
+    const parts = [`Uploaded: ${totals.added} added, ${totals.skipped} already stored`];
+    if (failed.length) parts.push(`${failed.length} failed (${failed.join("; ")})`);
+    setStatus(`${parts.join(", ")}.`, failed.length > 0 && totals.added === 0);
+    els.uploadInput.value = "";
+    const body = await (await api("/v1/collections")).json();
+    showCollections(body);
+  } catch (error) {
+    const hint = error.status === 403 ? " Uploading needs a read-write key: semstore keys create NAME --scope read-write." : "";
+    setStatus(`Upload failed: ${error.message}.${hint}`, true);
+  } finally {
+    els.uploadButton.disabled = false;
+  }
+}
+
+els.uploadForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const files = [...(els.uploadInput.files || [])];
+  if (!files.length) {
+    setStatus("Choose one or more images to upload first.", true);
+    els.uploadInput.focus();
+    return;
+  }
+  upload(files);
+});
+
 // -- events ---------------------------------------------------------------------------------
 
 els.keyForm.addEventListener("submit", (event) => {
   event.preventDefault();
   const key = els.key.value.trim();
-  if (key) sessionStorage.setItem(KEY_STORAGE, key);
   els.key.value = "";
-  els.key.placeholder = key ? "key saved for this tab" : "ssk_…";
-  loadCollections();
+  if (!key) {
+    setStatus("Paste an API key first (how to get one is said above).", true);
+    els.key.focus();
+    return;
+  }
+  useKey(key);
 });
 
 els.forget.addEventListener("click", () => {
   sessionStorage.removeItem(KEY_STORAGE);
   els.collection.replaceChildren();
   render([]);
-  els.key.placeholder = "ssk_…";
-  setStatus("Key forgotten.");
-  els.key.focus();
+  askForKey("Key forgotten.");
 });
 
 els.collection.addEventListener("change", () => sessionStorage.setItem(COLLECTION_STORAGE, els.collection.value));

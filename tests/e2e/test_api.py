@@ -116,6 +116,10 @@ def test_get_patch_delete_item(photos: Photos) -> None:
         thumb = client.get(f"{base}/thumbnail", params={"size": 64})
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert max(Image.open(io.BytesIO(thumb.content)).size) == 64
+        original = client.get(f"{base}/original")
+        assert original.status_code == 200 and original.content == fresh  # the uploaded bytes, unchanged
+        assert original.headers["content-type"] == Image.MIME[Image.open(io.BytesIO(fresh)).format]
+        assert original.headers["x-content-type-options"] == "nosniff"
 
         kept = list((photos.settings.data_dir / "uploads" / COLLECTION).glob("*"))
         assert any(path.read_bytes() == fresh for path in kept)
@@ -123,6 +127,7 @@ def test_get_patch_delete_item(photos: Photos) -> None:
         assert not any(path.exists() and path.read_bytes() == fresh for path in kept)
         assert_error(client.get(base), 404, "item_not_found")
         assert_error(client.get(f"{base}/thumbnail"), 404, "item_not_found")
+        assert_error(client.get(f"{base}/original"), 404, "item_not_found")
         assert_error(client.delete(base), 404, "item_not_found")
         assert_error(client.patch(base, json={"metadata": {}}), 404, "item_not_found")
         assert_error(client.get(f"/v1/collections/{COLLECTION}/items/0"), 422, "validation_error")
@@ -267,9 +272,13 @@ def test_ingest_paths_confined_to_allowed_roots(photos: Photos) -> None:
         assert item["metadata"] == {"via": "path"} and item["source_uri"] == str(folder / "p0.png")
         thumb = client.get(f"/v1/collections/{COLLECTION}/items/{item['id']}/thumbnail")
         assert thumb.status_code == 200
+        original = client.get(f"/v1/collections/{COLLECTION}/items/{item['id']}/original")
+        assert original.status_code == 200 and original.headers["content-type"] == "image/png"
+        assert original.content == (folder / "p0.png").read_bytes()
         # A changed source file is not served: it is no longer the ingested image.
         make_image(3200).save(folder / "p0.png")
         assert_error(client.get(f"/v1/collections/{COLLECTION}/items/{item['id']}/thumbnail"), 404, "source_unavailable")
+        assert_error(client.get(f"/v1/collections/{COLLECTION}/items/{item['id']}/original"), 404, "source_unavailable")
         for entry in body["files"]:
             if entry["id"]:
                 assert client.delete(f"/v1/collections/{COLLECTION}/items/{entry['id']}").status_code == 204

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import COLLECTION, Photos
+from tests.e2e.conftest import COLLECTION, Photos, e2e_settings, encode, make_image, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -158,3 +158,154 @@ def test_api_docs_render_with_every_outside_request_blocked(browser, photos: Pho
         assert outside == [] and errors == []
     finally:
         context.close()
+
+
+def _status(page) -> str:  # noqa: ANN001 - playwright Page
+    return page.inner_text("#status")
+
+
+def test_search_page_key_flow_tells_how_to_get_a_key_and_refuses_a_wrong_one(browser, photos: Photos, tmp_path: Path) -> None:  # noqa: ANN001
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(photos.url + "/")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('needs an API key')")
+        assert page.is_visible("#key-how") and "semstore keys create NAME" in page.inner_text("#key-how")
+        page.screenshot(path=str(tmp_path / "first-screen.png"))
+
+        page.fill("#api-key", "ssk_this-is-not-a-key")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('refused')")
+        assert page.get_attribute("#api-key", "placeholder") != "key saved for this tab"
+        assert page.evaluate("() => sessionStorage.getItem('semstore.apiKey')") is None
+        assert page.locator("#status.error").count() == 1 and page.locator("#collection option").count() == 0
+        assert page.is_visible("#key-how")
+
+        page.fill("#api-key", photos.keys.reader)
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('Key accepted')")
+        assert page.get_attribute("#api-key", "placeholder") == "key saved for this tab"
+        assert page.evaluate("() => sessionStorage.getItem('semstore.apiKey')") == photos.keys.reader
+        page.wait_for_selector(f"#collection option[value='{COLLECTION}']", state="attached")
+        assert not page.is_visible("#key-how")
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_search_page_asks_for_no_key_when_keys_are_disabled(browser, photos: Photos, tmp_path: Path) -> None:  # noqa: ANN001
+    # A second server on the same database, started with SEMSTORE_API_KEYS_DISABLED=1 (loopback only).
+    keyless = start_server(e2e_settings(photos.root, allowed_ingest_roots=[photos.root / "allowed"], api_keys_disabled=True))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(keyless.url + "/")
+        page.wait_for_selector(f"#collection option[value='{COLLECTION}']", state="attached")
+        assert not page.is_visible("#key-form") and not page.is_visible("#api-key")
+        assert "API key" not in _status(page) and _status(page).startswith("Ready.")
+        page.select_option("#collection", COLLECTION)
+        page.fill("#query", "a red circle")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelectorAll('#results .card').length > 0")
+        page.screenshot(path=str(tmp_path / "keys-disabled.png"))
+    finally:
+        context.close()
+        keyless.stop()
+
+
+def test_search_page_failed_search_clears_the_old_results(browser, photos: Photos, tmp_path: Path) -> None:  # noqa: ANN001
+    context, page, errors = _open_page(browser, photos, tmp_path, width=1280, height=900)
+    try:
+        page.fill("#query", "a red circle")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelectorAll('#results .card').length === 24")
+        # The next search fails on the server's side (a 503 in the API's error shape).
+        page.route(
+            "**/search",
+            lambda route: route.fulfill(
+                status=503, content_type="application/json",
+                json={"error": {"code": "unavailable", "message": "the index is being rebuilt", "detail": None}},
+            ),
+        )  # fmt: skip
+        page.fill("#query", "a blue square")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Search failed')")
+        assert "the index is being rebuilt" in _status(page)
+        assert page.locator("#results .card").count() == 0
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_search_page_shows_the_full_image_its_source_and_metadata(browser, photos: Photos, tmp_path: Path) -> None:  # noqa: ANN001
+    context, page, errors = _open_page(browser, photos, tmp_path, width=1280, height=900)
+    try:
+        query = tmp_path / "query.png"
+        query.write_bytes(photos.files["img07.png"])
+        page.set_input_files("#image-input", str(query))
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('results for image')")
+        wanted = str(photos.ids["img07.png"])
+        card = page.locator(f"#results .card[data-id='{wanted}']")
+        card.get_by_role("button", name="Details of").click()
+        page.wait_for_selector("#detail[open]")
+        page.wait_for_function("() => { const img = document.querySelector('#detail-image'); return img.src.startsWith('blob:') && img.complete && img.naturalWidth > 0; }")
+        original = page.evaluate("() => [document.querySelector('#detail-image').naturalWidth, document.querySelector('#detail-image').naturalHeight]")
+        assert original == [96, 96]  # the original file, not a thumbnail
+        facts = page.evaluate(
+            "() => Object.fromEntries([...document.querySelectorAll('#detail-facts dt')]"
+            ".map((dt) => [dt.textContent, dt.nextElementSibling.textContent]))"
+        )
+        assert facts["source"].endswith("/img07.png") and facts["size"] == "96 × 96 px" and facts["item id"] == wanted
+        assert facts["set"] == '"e2e"'  # the metadata given at upload
+        assert page.get_attribute("#detail-open", "href").startswith("blob:") and page.is_visible("#detail-open")
+        page.screenshot(path=str(tmp_path / "detail.png"))
+        assert (tmp_path / "detail.png").stat().st_size > 10_000
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#detail", state="hidden")
+        card.get_by_role("button", name="Details of").click()
+        page.click("#detail-more")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('results for items like')")
+        assert wanted in _top_ids(page)
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_search_page_uploads_images_with_metadata(browser, photos: Photos, tmp_path: Path) -> None:  # noqa: ANN001
+    files = []
+    for index in (901, 902):
+        path = tmp_path / f"page-upload-{index}.png"
+        path.write_bytes(encode(make_image(index, size=80), "PNG"))
+        files.append(str(path))
+    context, page, errors = _open_page(browser, photos, tmp_path, width=1280, height=900)  # a read-only key
+    try:
+        page.click("#upload summary")
+        page.set_input_files("#upload-input", files)
+        page.fill("#upload-meta", '{"album": "from-the-page"}')
+        page.click("#upload-button")
+        page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Upload failed')")
+        assert "--scope read-write" in _status(page)
+
+        page.fill("#upload-meta", "[1, 2]")
+        page.click("#upload-button")
+        page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Upload not sent')")
+        assert "JSON object" in _status(page)
+
+        page.fill("#api-key", photos.keys.admin)
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('Key accepted')")
+        page.select_option("#collection", COLLECTION)
+        page.fill("#upload-meta", '{"album": "from-the-page"}')
+        page.click("#upload-button")
+        page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Uploaded')", timeout=60_000)
+        assert "2 added, 0 already stored" in _status(page)
+        page.screenshot(path=str(tmp_path / "uploaded.png"))
+        assert errors == []
+    finally:
+        context.close()
+    with photos.client(photos.keys.reader) as client:
+        found = client.post(f"/v1/collections/{COLLECTION}/search", json={"text": "anything", "k": 5, "where": {"album": "from-the-page"}})
+    assert found.status_code == 200, found.text
+    assert sorted(hit["source_uri"].rsplit("/", 1)[-1] for hit in found.json()["hits"]) == [Path(f).name for f in files]

@@ -21,17 +21,17 @@ from semstore.cli.params import (
     parse_pairs,
 )
 from semstore.cli.render import print_table
-from semstore.ingest.pipeline import IngestInterrupted
 
 if TYPE_CHECKING:
     from semstore.distributed import RayIngestOptions
+    from semstore.ingest.pipeline import IngestInterrupted
 
 _RAY = "Distributed (Ray)"
 #: What a shell reports for a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED_EXIT_CODE = 130
 
 
-def interrupted_message(stop: IngestInterrupted) -> str:
+def interrupted_message(stop: "IngestInterrupted") -> str:
     """What was kept and lost when Ctrl-C stopped an ingest, and how to resume."""
     report = stop.report
     lines = [f"interrupted after {report.seconds:.1f}s: {report.added} item(s) stored and kept, {report.skipped} skipped."]
@@ -109,6 +109,8 @@ def ingest(
     """
     metadata = parse_pairs(meta, "--meta")
     # Checked before anything is created, so a typo does not leave an empty collection behind.
+    from semstore.ingest.pipeline import IngestInterrupted  # (not at import: --help stays fast)
+
     missing = [str(path) for path in paths if not path.expanduser().exists()]
     if missing:
         raise CliError(f"no such file or folder: {', '.join(missing)}")
