@@ -97,7 +97,10 @@ def _matching_statement(
     params: list[Any] = []
     candidates = None
     if among is not None:
-        values = [int(i) for i in among]
+        # Ascending, and bound as bigint[] on PostgreSQL: its index probes then walk the btree
+        # in order, and compare bigint with bigint (an int4[] from psycopg's list dumper and ids in
+        # score order cost ~25 % more for a few hundred candidates at 10^6 items).
+        values = sorted(int(i) for i in among)
         candidates = json.dumps(values) if sqlite else values  # (json_each's argument, as SearchReads binds it)
     if not where:
         params.append(collection_id)
@@ -122,7 +125,7 @@ def _matching_statement(
 def _render(dialect: str, kinds: tuple[str, ...], among: bool, with_revision: bool) -> str:
     sqlite = dialect == "sqlite"
     p = "?" if sqlite else "%s"
-    in_candidates = f"IN (SELECT value FROM json_each({p}))" if sqlite else f"= ANY({p})"
+    in_candidates = f"IN (SELECT value FROM json_each({p}))" if sqlite else f"= ANY(CAST({p} AS bigint[]))"
     if not kinds:  # no condition: the collection's items
         query = f"SELECT id AS item_id FROM items WHERE collection_id = {p}"
         if among:
