@@ -60,6 +60,7 @@ class Database:
         self._lock = threading.RLock()
         self.pixel_budget = PixelBudget(self.settings.max_decode_pixels)
         self._services: dict[int, IndexService] = {}
+        self._shard_services: dict[tuple[int, storage.Shard], IndexService] = {}
         # Tell each collection's index service which revisions this process committed itself.
         # (before the commit: a search that reads the new revision right after it must already
         # know it as this process's own write in flight, not take it for another process's)
@@ -139,7 +140,12 @@ class Database:
         with storage.transaction(self.sessions) as session:
             doomed = Collection(self, storage.get_collection(session, name=name))
             storage.delete_collection(session, name=name)
-        for folder in (lambda: self.index_directory(doomed), lambda: self.settings.upload_directory(name)):
+        folders = (
+            lambda: self.index_directory(doomed),
+            lambda: self.shard_index_root(doomed),
+            lambda: self.settings.upload_directory(name),
+        )
+        for folder in folders:
             try:
                 path = folder()
             except UnsafePathError as exc:
@@ -149,6 +155,8 @@ class Database:
         with self._lock:
             self._collections.pop(name, None)
             self._services.pop(doomed.id, None)
+            for key in [key for key in self._shard_services if key[0] == doomed.id]:
+                del self._shard_services[key]
 
     def index_service(self, collection: Collection) -> IndexService:
         """The index service of a collection (one per collection id and database)."""
@@ -165,8 +173,32 @@ class Database:
                 self._services[collection.id] = service
             return service
 
-    def _safe_index_directory(self, collection: Collection) -> Path | None:
+    def shard_index_service(self, collection: Collection, shard: storage.Shard) -> IndexService:
+        """The index service of one shard of a collection (its items with ``id % count == number``).
+
+        What a shard replica serves (see :mod:`semstore.sharding`). It catches up from the
+        database like a replica, this process's own writes included (they are applied in place
+        only to the collection's whole index).
+        """
+        key = (collection.id, shard)
+        with self._lock:
+            service = self._shard_services.get(key)
+            if service is None:
+                service = IndexService(
+                    sessions=self.sessions,
+                    collection_id=collection.id,
+                    codec_source=collection.codec_and_id,
+                    directory=lambda: self._safe_index_directory(collection, shard),
+                    policy=IndexPolicy.from_settings(self.settings),
+                    shard=shard,
+                )
+                self._shard_services[key] = service
+            return service
+
+    def _safe_index_directory(self, collection: Collection, shard: storage.Shard | None = None) -> Path | None:
         try:
+            if shard is not None:
+                return child_folder(self.shard_index_root(collection), shard.label)
             return self.index_directory(collection)
         except UnsafePathError:
             return None
@@ -229,10 +261,15 @@ class Database:
         database_key = hashlib.sha256(self.url.encode()).hexdigest()[:12]
         return child_folder(self.settings.data_dir.expanduser() / "indexes", f"{database_key}-{collection.id}-{collection.name}")
 
+    def shard_index_root(self, collection: Collection) -> Path:
+        """The folder of a collection's shard indexes (``shard-N-of-S`` each), beside its index."""
+        whole = self.index_directory(collection)
+        return child_folder(whole.parent, whole.name + ".shards")
+
     def close(self) -> None:
         """Save every index with unsaved changes, then release database connections."""
         with self._lock:
-            services = list(self._services.values())
+            services = [*self._services.values(), *self._shard_services.values()]
         for service in services:
             try:
                 service.save(force=True)

@@ -102,7 +102,9 @@ class IndexService:
 
     ``codec_source(codec_id)`` returns the collection's ``(codec, codec id)`` for the codec id
     just read from the database (None before the first ingest trained one); ``directory()`` where its index is saved (None: never
-    saved, e.g. a name that is no safe folder name).
+    saved, e.g. a name that is no safe folder name). With ``shard`` the index holds that
+    shard's items only (built, caught up and applied with the shard's condition): what one
+    shard replica of a sharded deployment serves.
     """
 
     def __init__(
@@ -113,8 +115,10 @@ class IndexService:
         codec_source: CodecSource,
         directory: Callable[[], Path | None],
         policy: IndexPolicy | None = None,
+        shard: storage.Shard | None = None,
     ) -> None:
         self._sessions = sessions
+        self.shard = shard
         self._collection_id = collection_id
         self._codec_source = codec_source
         self._directory = directory
@@ -185,7 +189,7 @@ class IndexService:
                     return self._index  # another thread caught up meanwhile
                 index, same_codec = self._index, stored.codec_id == self._codec_id
             if index is not None and same_codec:
-                done = catch_up(index, sessions=self._sessions, collection_id=self._collection_id)
+                done = catch_up(index, sessions=self._sessions, collection_id=self._collection_id, shard=self.shard)
                 self._settle(done.version.revision)
                 with self._state:
                     self._unsaved += done.added + done.removed
@@ -206,7 +210,7 @@ class IndexService:
                 self._saved_revision = self._revision
                 self._applied.clear()
             if index.saved_version is None or index.saved_version.revision != stored.revision:
-                done = catch_up(index, sessions=self._sessions, collection_id=self._collection_id)
+                done = catch_up(index, sessions=self._sessions, collection_id=self._collection_id, shard=self.shard)
                 self._settle(done.version.revision)
                 self.save(force=True)  # so the next start loads this state
             return index
@@ -223,7 +227,8 @@ class IndexService:
             # The revision first: rows committed after it are picked up by the next catch-up.
             revision = storage.collection_revision(session, collection_id=self._collection_id).revision
             ids, codes = storage.load_codes(
-                session, collection_id=self._collection_id, num_subvectors=codec.num_subvectors, dtype=codec.code_dtype
+                session, collection_id=self._collection_id, num_subvectors=codec.num_subvectors, dtype=codec.code_dtype,
+                shard=self.shard,
             )
         if self.policy.wants_ivf(codec, len(ids), current):
             return revision, IVFIndex.build(codec, ids, codes, nlist=self.policy.nlist, nprobe=self.policy.nprobe)
@@ -269,7 +274,7 @@ class IndexService:
             with self._state:
                 self._index, self._revision, self._saved_revision = new, revision, -1
                 self._applied = {r for r in self._applied if r > revision}
-            done = catch_up(new, sessions=self._sessions, collection_id=self._collection_id)
+            done = catch_up(new, sessions=self._sessions, collection_id=self._collection_id, shard=self.shard)
             self._settle(done.version.revision)
             self.save(force=True)
             return True
@@ -323,7 +328,11 @@ class IndexService:
             self._in_flight.update(revisions)
 
     def apply_added(self, ids: np.ndarray, codes: np.ndarray) -> None:
-        """Add the rows this thread just committed to the index (if one is loaded)."""
+        """Add the rows this thread just committed to the index (if one is loaded; a shard's
+        index takes only its own)."""
+        if self.shard is not None:
+            mine = self.shard.holds(ids)
+            ids, codes = np.asarray(ids)[mine], np.asarray(codes)[mine]
         self._apply_own(lambda index: index.add(ids, codes, skip_present=True))
 
     def apply_removed(self, ids: np.ndarray) -> None:

@@ -38,14 +38,17 @@ class CatchUp:
     full_compare: bool
 
 
-def catch_up(index: ADCIndex, *, sessions: sessionmaker[Session], collection_id: int) -> CatchUp:
-    """Bring ``index`` up to the collection's current rows, fetching only what changed.
+def catch_up(
+    index: ADCIndex, *, sessions: sessionmaker[Session], collection_id: int, shard: storage.Shard | None = None
+) -> CatchUp:
+    """Bring ``index`` up to the collection's current rows (``shard``'s only, if given),
+    fetching only what changed.
 
     The index must hold codes of the collection's current codec (a codec change needs a rebuild).
     """
     codec = index.codec
     with sessions() as session:
-        state = storage.collection_fingerprint(session, collection_id=collection_id)
+        state = storage.collection_fingerprint(session, collection_id=collection_id, shard=shard)
     ids = index.ids()
     top = int(ids.max()) if ids.size else 0
     added = removed = 0
@@ -58,6 +61,7 @@ def catch_up(index: ADCIndex, *, sessions: sessionmaker[Session], collection_id:
                 dtype=codec.code_dtype,
                 after_id=top,
                 up_to_id=state.max_id,
+                shard=shard,
             )
         index.add(new_ids, new_codes, skip_present=True)
         added += len(new_ids)
@@ -65,7 +69,7 @@ def catch_up(index: ADCIndex, *, sessions: sessionmaker[Session], collection_id:
     full = len(held) != state.count or _id_sum(held) != state.id_sum % _SUM_MODULUS
     if full:
         with sessions() as session:
-            stored = storage.item_ids(session, collection_id=collection_id, up_to_id=state.max_id)
+            stored = storage.item_ids(session, collection_id=collection_id, up_to_id=state.max_id, shard=shard)
         removed = index.remove(np.setdiff1d(held, stored, assume_unique=True))
         missing = np.setdiff1d(stored, held, assume_unique=True)
         if missing.size:

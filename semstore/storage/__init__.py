@@ -37,6 +37,7 @@ from semstore.storage.errors import (
 )
 from semstore.storage.filters import filter_item_ids, filter_item_ids_with_revision
 from semstore.storage.search_reads import HitRow, SearchReads
+from semstore.storage.shards import Shard, shards_of
 from semstore.storage.migrate import current_revision, head_revision, require_database, upgrade_head
 from semstore.storage.models import API_KEY_SCOPES, ApiKey, Base, Codec, Collection, Item
 from semstore.storage.repository import (
@@ -80,6 +81,7 @@ from semstore.storage.repository import (
 __all__ = [
     "API_KEY_SCOPES",
     "SQLITE_PRAGMAS",
+    "Shard",
     "ApiKey",
     "ApiKeyExistsError",
     "ApiKeyNotFoundError",
@@ -139,6 +141,7 @@ __all__ = [
     "revoke_api_key",
     "save_codec",
     "session_factory",
+    "shards_of",
     "sqlite_path",
     "set_collection_codec",
     "source_uris_by_hash",

@@ -39,6 +39,7 @@ from semstore.storage.errors import (
     ItemNotFoundError,
 )
 from semstore.storage.models import API_KEY_SCOPES, ApiKey, Codec, Collection, Item
+from semstore.storage.shards import Shard
 from semstore.storage.types import digest_bytes
 from semstore.validation import check_metadata, check_text
 
@@ -364,7 +365,7 @@ def update_item_metadata(
 
 
 def _stream_id_code_rows(
-    session: Session, collection_id: int, after_id: int = 0, up_to_id: int | None = None
+    session: Session, collection_id: int, after_id: int = 0, up_to_id: int | None = None, shard: Shard | None = None
 ) -> Iterator[list[tuple[int, bytes]]]:
     """Yield ``(id, codes)`` rows in chunks straight from the DBAPI cursor (no ORM/Row objects)."""
     table = Item.__table__
@@ -374,6 +375,8 @@ def _stream_id_code_rows(
         stmt = stmt.where(table.c.id > int(after_id))
     if up_to_id is not None:
         stmt = stmt.where(table.c.id <= int(up_to_id))
+    if shard is not None:
+        stmt = stmt.where(shard.condition(table.c.id))
     sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     pooled = session.connection().connection
     if dialect.name == "postgresql":
@@ -398,11 +401,12 @@ def load_codes(
     dtype: np.dtype[Any] | type | str = np.uint8,
     after_id: int = 0,
     up_to_id: int | None = None,
+    shard: Shard | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """All ids (int64) and codes ``(n, num_subvectors)`` of the collection, ordered by id.
 
     ``after_id`` / ``up_to_id`` keep only ids in ``(after_id, up_to_id]`` (e.g. items added
-    since an index was built).
+    since an index was built); ``shard`` only that shard's items.
 
     Codes are stored as the little-endian bytes of each row (see :func:`pack_codes`).
     Rows are streamed from the raw DBAPI cursor and assembled with one bytes join per
@@ -414,7 +418,7 @@ def load_codes(
     session.flush()
     id_parts: list[np.ndarray] = []
     buffer = bytearray()
-    for rows in _stream_id_code_rows(session, collection_id, after_id, up_to_id):
+    for rows in _stream_id_code_rows(session, collection_id, after_id, up_to_id, shard):
         id_parts.append(np.fromiter(map(_first, rows), dtype=np.int64, count=len(rows)))
         buffer += b"".join(map(_second, rows))
     ids = np.concatenate(id_parts) if id_parts else np.empty(0, dtype=np.int64)
@@ -458,22 +462,29 @@ class CollectionFingerprint(NamedTuple):
     id_sum: int
 
 
-def collection_fingerprint(session: Session, *, collection_id: int) -> CollectionFingerprint:
-    """Revision, item count, largest id (0 when empty) and sum of ids of the collection."""
+def collection_fingerprint(session: Session, *, collection_id: int, shard: Shard | None = None) -> CollectionFingerprint:
+    """Revision, item count, largest id (0 when empty) and sum of ids of the collection (of
+    ``shard``'s items only, if given; the revision is the collection's)."""
     revision = session.scalar(select(Collection.revision).where(Collection.id == collection_id))
     if revision is None:
         raise CollectionNotFoundError(f"no collection with id {collection_id}")
-    count, max_id, id_sum = session.execute(
-        select(func.count(Item.id), func.max(Item.id), func.sum(Item.id)).where(Item.collection_id == collection_id)
-    ).one()
+    stmt = select(func.count(Item.id), func.max(Item.id), func.sum(Item.id)).where(Item.collection_id == collection_id)
+    if shard is not None:
+        stmt = stmt.where(shard.condition(Item.id))
+    count, max_id, id_sum = session.execute(stmt).one()
     return CollectionFingerprint(int(revision), int(count), int(max_id or 0), int(id_sum or 0))
 
 
-def item_ids(session: Session, *, collection_id: int, up_to_id: int | None = None) -> np.ndarray:
-    """Ids (int64, ascending) of the collection's items, only those ``<= up_to_id`` if given."""
+def item_ids(
+    session: Session, *, collection_id: int, up_to_id: int | None = None, shard: Shard | None = None
+) -> np.ndarray:
+    """Ids (int64, ascending) of the collection's items, only those ``<= up_to_id`` (and of
+    ``shard``) if given."""
     stmt = select(Item.id).where(Item.collection_id == collection_id).order_by(Item.id)
     if up_to_id is not None:
         stmt = stmt.where(Item.id <= up_to_id)
+    if shard is not None:
+        stmt = stmt.where(shard.condition(Item.id))
     return np.asarray(session.scalars(stmt).all(), dtype=np.int64)
 
 
