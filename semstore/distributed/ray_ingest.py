@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from semstore.codec import PQVAECodec
     from semstore.collection import Collection
 
-INSTALL_HINT = 'Ray is not installed: pip install "semstore[distributed]" (or pip install "ray[data]>=2.40")'
+INSTALL_HINT = 'Ray is not installed: pip install "semstore[distributed]" (or pip install "ray[data,serve]>=2.40")'
 
 
 class RayNotInstalledError(ImportError):

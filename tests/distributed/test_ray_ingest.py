@@ -8,12 +8,10 @@ image exactly once, identical codes per content hash.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray  # in the test extra: a missing Ray must fail CI, not skip the test
+import ray  # noqa: F401 - in the test extra: a missing Ray must fail CI, not skip the test
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -28,23 +26,6 @@ from tests.e2e.conftest import encode, make_image
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 IMAGE_COUNT = 240
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """A local 2-CPU Ray instance; workers import this checkout of semstore."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}},
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

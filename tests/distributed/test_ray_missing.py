@@ -28,9 +28,18 @@ def test_require_ray_raises_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> No
         require_ray()
 
 
+def test_sharded_search_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from semstore.config import Settings
+    from semstore.distributed.shard_serving import deploy_shards
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(RayNotInstalledError, match=r"semstore\[distributed\]"):
+        deploy_shards(Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}"), shards=2)
+
+
 def test_importing_semstore_does_not_import_ray() -> None:
     import subprocess
 
-    code = "import sys, semstore, semstore.distributed, semstore.cli; print('ray' in sys.modules)"
+    code = "import sys, semstore, semstore.distributed, semstore.distributed.shard_serving, semstore.cli; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

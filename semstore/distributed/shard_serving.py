@@ -1,0 +1,193 @@
+"""Sharded search on Ray Serve: one deployment per shard, each holding its shard's index.
+
+:func:`deploy_shards` starts, on a running Ray cluster, one Serve application per shard
+(``<name>-shard-N-of-S``, ``replicas`` replicas each, no HTTP route). A replica
+(:class:`ShardReplica`) opens the database, keeps the index of its shard's items
+(:meth:`semstore.Database.shard_index_service`: loaded from its saved folder when valid,
+caught up by the collection's revision before every answer, so a restarted replica serves
+again without a rebuild) and answers :func:`semstore.sharding.shard_candidates`.
+
+:class:`ShardedSearch` is the ingress side: it resolves a metadata filter once (SQL), sends
+the query vector and the matching ids to every shard, merges the candidates
+(:func:`semstore.sharding.merge_candidates`: with exhaustive shard indexes, the answer of one
+index over the whole collection) and reads the hit rows. A shard that does not answer within
+``timeout_s`` is left out and named in the answer (:attr:`ShardedHits.missing_shards`): a
+partial answer says so, it never fails or comes back silently short.
+
+Nothing here imports Ray at module import; it needs the ``distributed`` extra with Ray Serve
+(``pip install 'ray[serve]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from semstore.collection import DEFAULT_RERANK
+from semstore.distributed.ray_ingest import INSTALL_HINT, RayNotInstalledError
+from semstore.search import SearchHit, hits_from_rows
+from semstore.sharding import ShardCandidates, candidate_depth, merge_candidates, shard_candidates
+from semstore.storage import Shard, shards_of
+
+if TYPE_CHECKING:
+    from semstore.config import Settings
+    from semstore.database import Database
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the ingress waits for the shards of one query before answering without the late ones.
+DEFAULT_SHARD_TIMEOUT_S = 5.0
+
+
+class ShardReplica:
+    """One replica of one shard deployment (a plain class; :func:`deploy_shards` makes it a
+    Serve deployment). Holds a :class:`~semstore.Database` and its shard's index services."""
+
+    def __init__(self, settings: dict[str, Any], shard_number: int, shard_count: int) -> None:
+        import semstore
+        from semstore.config import Settings
+
+        self._settings = Settings(**settings)
+        self._db = semstore.connect(settings=self._settings)
+        self.shard = Shard(shard_number, shard_count)
+
+    def candidates(
+        self, collection: str, query: np.ndarray, depth: int, exact: bool, allowed_ids: np.ndarray | None
+    ) -> ShardCandidates:
+        """This shard's best ``depth`` items of ``collection`` for ``query`` (see :func:`shard_candidates`)."""
+        target = self._db.collection(collection)
+        index = self._db.shard_index_service(target, self.shard).fresh()
+        if index is None:  # no codec yet: nothing stored
+            empty = np.empty(0, dtype=np.float32)
+            return ShardCandidates(empty, np.empty(0, dtype=np.int64), empty.copy() if exact else None)
+        return shard_candidates(index, query, depth, exact=exact, allowed_ids=allowed_ids)
+
+    def item_count(self, collection: str) -> int:
+        """Items in this shard's index of ``collection`` (after catching up)."""
+        index = self._db.shard_index_service(self._db.collection(collection), self.shard).fresh()
+        return 0 if index is None else len(index)
+
+    def __del__(self) -> None:  # a replica shut down by Serve saves its index for the next start
+        try:
+            self._db.close()
+        except Exception:  # noqa: BLE001 - best effort: a missing save costs a catch-up
+            pass
+
+
+@dataclass
+class ShardedHits:
+    """A sharded search's hits, and the shards that did not answer (empty: the answer is complete)."""
+
+    hits: list[SearchHit]
+    missing_shards: list[int] = field(default_factory=list)
+    shard_count: int = 1
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing_shards)
+
+
+def application_name(name: str, shard: Shard) -> str:
+    return f"{name}-{shard.label}"
+
+
+def deploy_shards(
+    settings: Settings, *, shards: int, replicas: int = 1, name: str = "semstore", num_cpus: float = 0.0
+) -> ShardedSearch:
+    """Deploy ``shards`` shard applications of ``replicas`` replicas on the connected Ray
+    cluster (``ray.init(address)`` first) and return the ingress that searches them.
+
+    Every replica opens ``settings.database_url`` (PostgreSQL for a real cluster: each node
+    must reach it) with these settings. ``num_cpus`` per replica: 0 lets small test
+    deployments share a machine; give real shards a CPU each.
+    """
+    try:
+        from ray import serve
+    except ImportError as exc:
+        raise RayNotInstalledError(INSTALL_HINT) from exc
+
+    if shards < 1 or replicas < 1:
+        raise ValueError(f"shards and replicas must be at least 1, got {shards} and {replicas}")
+    dumped = settings.model_dump(mode="json")
+    deployment = serve.deployment(ShardReplica)
+    handles = []
+    for shard in shards_of(shards):
+        app = deployment.options(
+            name=f"shard-{shard.number}", num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}
+        ).bind(dumped, shard.number, shard.count)
+        handles.append(serve.run(app, name=application_name(name, shard), route_prefix=None))
+    return ShardedSearch(settings, handles)
+
+
+class ShardedSearch:
+    """The ingress of a sharded deployment: fan out a query, merge, read the hit rows.
+
+    ``handles[n]`` answers for shard ``n`` of ``len(handles)`` (Serve deployment handles, or
+    anything with the same ``.candidates.remote(...).result(timeout_s=...)`` shape).
+    """
+
+    def __init__(self, settings: Settings, handles: Sequence[Any], *, database: Database | None = None,
+                 timeout_s: float = DEFAULT_SHARD_TIMEOUT_S) -> None:  # fmt: skip
+        import semstore
+
+        self.handles = list(handles)
+        self.timeout_s = timeout_s
+        self._db = database or semstore.connect(settings=settings)
+
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    def search_vector(
+        self, collection: str, query: np.ndarray, *, k: int = 10, where: Mapping[str, Any] | None = None,
+        rerank: int | None = DEFAULT_RERANK, timeout_s: float | None = None,
+    ) -> ShardedHits:  # fmt: skip
+        """What :meth:`semstore.Collection.search_vector` answers, from the shards; the shards
+        that did not answer in ``timeout_s`` are listed in the result."""
+        from semstore import storage
+        from semstore.validation import check_filter
+
+        target = self._db.collection(collection)
+        vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        depth = candidate_depth(k, rerank)
+        allowed = None
+        if where:
+            checked = check_filter(where, max_keys=self._db.settings.max_filter_keys)
+            with self._db.sessions() as session:  # resolved once, sent to every shard
+                allowed = storage.filter_item_ids(session, collection_id=target.id, where=checked)
+        parts, missing = self._gather(collection, vector, depth, rerank is not None, allowed, timeout_s)
+        scores, ids = merge_candidates(parts, k, rerank)
+        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        with self._db.sessions() as session:
+            rows = storage.get_items(session, collection_id=target.id, ids=[i for _, i in pairs])
+        by_id = {row.id: row for row in rows}
+        kept = [(s, i) for s, i in pairs if i in by_id]  # (deleted meanwhile: dropped, not dangling)
+        hits = hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
+        return ShardedHits(hits, missing, len(self.handles))
+
+    def _gather(
+        self, collection: str, vector: np.ndarray, depth: int, exact: bool, allowed: np.ndarray | None,
+        timeout_s: float | None,
+    ) -> tuple[list[ShardCandidates], list[int]]:  # fmt: skip
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        pending = [handle.candidates.remote(collection, vector, depth, exact, allowed) for handle in self.handles]
+        parts: list[ShardCandidates] = []
+        missing: list[int] = []
+        for number, response in enumerate(pending):
+            try:
+                parts.append(response.result(timeout_s=max(0.0, deadline - time.monotonic())))
+            except Exception as exc:  # noqa: BLE001 - a down or late shard makes the answer partial
+                logger.warning("shard %d of %d did not answer (%s): answering without it", number, len(pending), exc)
+                missing.append(number)
+                cancel = getattr(response, "cancel", None)
+                if cancel is not None:
+                    cancel()
+        return parts, missing
+
+    def close(self) -> None:
+        self._db.close()
