@@ -36,7 +36,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import RESULTS, publish_section  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS: dict[str, list[str]] = {
     "--help": ["--help"],
@@ -146,11 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{tree} ({git_label(tree)})")
         with tempfile.TemporaryDirectory(prefix="semstore-cli-startup-") as scratch:
             measured[str(tree)] = measure_tree(tree, args.model, args.runs, Path(scratch))
-    report = format_report(measured, args.model, args.runs)
-    print(report)
-    if args.out is not None:
-        with args.out.open("a") as out:
-            out.write("\n" + report)
+    publish_section(format_report(measured, args.model, args.runs).splitlines(), append=args.out is not None, path=args.out or RESULTS)
     return 0
 
 

@@ -27,6 +27,7 @@ _EXPORTS = {
     "CollectionStats": "semstore.collection",
     "QueryError": "semstore.collection",
     "SearchHit": "semstore.search",
+    "SearchResult": "semstore.search",
     "Classification": "semstore.search",
     "IngestReport": "semstore.ingest.pipeline",
     "IngestError": "semstore.ingest.pipeline",
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from semstore.config import Settings, get_settings
     from semstore.database import Database, connect
     from semstore.ingest.pipeline import IngestError, IngestInterrupted, IngestReport
-    from semstore.search import Classification, SearchHit
+    from semstore.search import Classification, SearchHit, SearchResult
 
 
 def __getattr__(name: str) -> Any:

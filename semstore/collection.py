@@ -25,7 +25,7 @@ from semstore.index.adc import GATHER_SUBSET_MAX
 from semstore.ingest.images import content_hash, open_image
 from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
 from semstore.names import UnsafePathError
-from semstore.search import Classification, SearchHit, classify_codes, hits_from_rows
+from semstore.search import Classification, SearchHit, SearchResult, classify_codes, hits_from_rows
 from semstore.uploads import UPLOAD_SCHEME, UploadStore, discard, upload_uri
 from semstore.validation import check_filter, check_metadata
 
@@ -399,9 +399,42 @@ class Collection:
         min_score: float | None = None,
         rerank: int | None = DEFAULT_RERANK,
     ) -> list[SearchHit]:
-        """Search with a ready float query vector (1, dim)."""
+        """Search with a ready float query vector (1, dim).
+
+        Through a sharded deployment (:attr:`Database.shard_search`) a shard that did not
+        answer is logged and its items are missing: :meth:`search_result` says which.
+        """
+        result = self.search_result(query, k=k, where=where, min_score=min_score, rerank=rerank)
+        if result.partial:
+            logger.warning("search of %r: shards %s of %d did not answer; their items are missing",
+                           self.name, result.missing_shards, result.shard_count)  # fmt: skip
+        return result.hits
+
+    def search_result(
+        self,
+        query: np.ndarray,
+        *,
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+        rerank: int | None = DEFAULT_RERANK,
+    ) -> SearchResult:
+        """:meth:`search_vector`'s hits, and the shards missing from them (none without shards)."""
+        if k < 1:
+            raise QueryError("k must be at least 1")
         checked = check_filter(where, max_keys=self._db.settings.max_filter_keys) if where else None
         vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        sharded = self._db.shard_search
+        if sharded is not None:
+            result = sharded.search(self, vector, k=k, where=checked, rerank=rerank)
+            if min_score is not None:
+                result.hits = [hit for hit in result.hits if hit.score >= min_score]
+            return result
+        return SearchResult(self._search_vector_here(vector, k, checked, min_score, rerank))
+
+    def _search_vector_here(
+        self, vector: np.ndarray, k: int, checked: dict[str, Any] | None, min_score: float | None, rerank: int | None
+    ) -> list[SearchHit]:
         try:
             return self._search_once(vector, k, checked, min_score, rerank)
         except storage.ConnectionLostError:
@@ -562,8 +595,10 @@ class Collection:
     # -- internals -----------------------------------------------------------------------
     def _pipeline(self) -> IngestPipeline:
         settings = self._db.settings
-        if self.codec is not None:
-            self.index  # noqa: B018 - load the index first, so this ingest's rows are applied in place
+        if self.codec is not None and self._db.shard_search is None:
+            # Load the index first, so this ingest's rows are applied in place (a sharded
+            # deployment's ingress holds no index: the shards catch up by themselves).
+            self.index  # noqa: B018
         return IngestPipeline(
             sessions=self._db.sessions,
             collection_id=self.id,

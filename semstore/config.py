@@ -94,6 +94,17 @@ class Settings(BaseSettings):
         description="Most pixels (as decoded, see max_decode_pixels) the images of one upload request may hold together (413 above).",
     )
     max_filter_keys: int = Field(default=32, ge=1, description="Most keys a metadata filter (where) may have.")
+    shards: int = Field(
+        default=1, ge=1,
+        description="Search through this many shard deployments on Ray Serve (1: the server's own index; needs ray_address or a running Ray).",
+    )
+    shard_replicas: int = Field(default=1, ge=1, description="Replicas of each shard deployment (with shards > 1).")
+    shard_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long a sharded search waits for the shards; later ones are left out and the answer is flagged partial."
+    )
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster for sharded search ('auto', 'host:6379', 'ray://host:10001'); None: RAY_ADDRESS or a local Ray."
+    )
     header_timeout_seconds: float = Field(default=10.0, gt=0, description="A client must send a request's headers within this time.")
     body_timeout_seconds: float = Field(
         default=30.0, gt=0, description="A client must send each part of a request body within this time of the previous one."

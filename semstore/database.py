@@ -21,6 +21,7 @@ from semstore.encoders import TINY_TEST_MODEL, Encoder, OpenClipEncoder
 from semstore.index_service import IndexPolicy, IndexService, revisions_of
 from semstore.ingest.budget import PixelBudget
 from semstore.names import UnsafePathError, check_collection_name, child_folder
+from semstore.sharding import ShardSearch
 
 EncoderFactory = Callable[[str, "str | None"], Encoder]
 
@@ -61,6 +62,7 @@ class Database:
         self.pixel_budget = PixelBudget(self.settings.max_decode_pixels)
         self._services: dict[int, IndexService] = {}
         self._shard_services: dict[tuple[int, storage.Shard], IndexService] = {}
+        self._shard_search: ShardSearch | None = None
         # Tell each collection's index service which revisions this process committed itself.
         # (before the commit: a search that reads the new revision right after it must already
         # know it as this process's own write in flight, not take it for another process's)
@@ -172,6 +174,16 @@ class Database:
                 )
                 self._services[collection.id] = service
             return service
+
+    @property
+    def shard_search(self) -> ShardSearch | None:
+        """The sharded search collections answer through (None: each searches its own index)."""
+        return self._shard_search
+
+    def use_shard_search(self, search: ShardSearch | None) -> None:
+        """Answer every collection's searches through ``search`` (e.g. the shard deployments of
+        :func:`semstore.distributed.shard_serving.deploy_shards`); None: back to the own index."""
+        self._shard_search = search
 
     def shard_index_service(self, collection: Collection, shard: storage.Shard) -> IndexService:
         """The index service of one shard of a collection (its items with ``id % count == number``).

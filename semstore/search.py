@@ -27,6 +27,21 @@ class SearchHit:
     height: int | None = None
 
 
+@dataclass
+class SearchResult:
+    """A search's hits, and the shards of a sharded deployment that did not answer (empty:
+    the answer is complete; see :mod:`semstore.distributed.shard_serving`)."""
+
+    hits: list[SearchHit]
+    missing_shards: list[int] = field(default_factory=list)
+    shard_count: int = 1
+
+    @property
+    def partial(self) -> bool:
+        """Whether some shard's items are missing from the answer."""
+        return bool(self.missing_shards)
+
+
 def hits_from_rows(rows: Sequence[Any], scores: Sequence[float]) -> list[SearchHit]:
     """Pair storage rows with scores (same order); stored text is made :func:`~semstore.validation.readable`."""
     return [

@@ -17,16 +17,32 @@ where the query came in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from semstore.index import ADCIndex
 from semstore.index.ivf_index import IVFIndex
 
+if TYPE_CHECKING:
+    from semstore.collection import Collection
+    from semstore.search import SearchResult
+
 SearchIndex = ADCIndex | IVFIndex
+
+
+class ShardSearch(Protocol):
+    """What a :class:`~semstore.Database` answers searches through when it serves shards
+    (:meth:`semstore.Database.use_shard_search`)."""
+
+    def search(
+        self, collection: Collection, query: np.ndarray, *, k: int, where: Mapping[str, Any] | None,
+        rerank: int | None,
+    ) -> SearchResult:  # fmt: skip
+        """The top ``k`` of ``collection`` for ``query`` (filter already checked), and which shards are missing."""
+        ...
 
 
 @dataclass(frozen=True)

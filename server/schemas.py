@@ -217,6 +217,10 @@ class SearchOut(BaseModel):
     hits: list[Hit]
     query: Literal["text", "image", "item"]
     timing: Timing
+    partial: bool = Field(
+        default=False, description="True when some shards of a sharded deployment did not answer: their items are missing."
+    )
+    missing_shards: list[int] = Field(default_factory=list, description="The shards that did not answer (sharded deployments).")
 
 
 def _check_template(template: str) -> str:

@@ -19,6 +19,7 @@ from server.metrics import Metrics
 if TYPE_CHECKING:
     from semstore.config import Settings
     from semstore.database import Database, EncoderFactory
+    from semstore.sharding import ShardSearch
 
 logger = logging.getLogger("semstore.server")
 
@@ -41,9 +42,12 @@ class DatabaseHolder:
             if self._database is None:
                 import semstore
 
-                self._database = semstore.connect(
+                database = semstore.connect(
                     self.settings.resolved_database_url(), settings=self.settings, encoder_factory=self._encoder_factory
                 )
+                if self.settings.shards > 1:
+                    database.use_shard_search(_deploy_shards(self.settings))
+                self._database = database
             return self._database
 
     def close(self) -> None:
@@ -51,6 +55,19 @@ class DatabaseHolder:
             if self._database is not None:
                 self._database.close()
                 self._database = None
+
+
+def _deploy_shards(settings: Settings) -> ShardSearch:
+    """Join Ray (``settings.ray_address``) and deploy the shards this server searches through."""
+    from semstore.distributed import require_ray
+    from semstore.distributed.shard_serving import deploy_shards
+
+    ray = require_ray()
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_address, log_to_driver=False)
+    return deploy_shards(
+        settings, shards=settings.shards, replicas=settings.shard_replicas, timeout_s=settings.shard_timeout_seconds
+    )
 
 
 class IndexWarmup:
@@ -73,8 +90,10 @@ class IndexWarmup:
                 return True
             self.state = "loading"
             try:
-                for collection in self._holder.get().collections():
-                    _ = collection.index
+                database = self._holder.get()
+                for collection in database.collections():
+                    if database.shard_search is None:  # (with shards, the shards hold the indexes)
+                        _ = collection.index
                     removed = collection.clean_uploads()
                     if removed:
                         logger.info("collection %r: removed %d upload files left by an interrupted write", collection.name, removed)

@@ -11,7 +11,7 @@ again without a rebuild) and answers :func:`semstore.sharding.shard_candidates`.
 the query vector and the matching ids to every shard, merges the candidates
 (:func:`semstore.sharding.merge_candidates`: with exhaustive shard indexes, the answer of one
 index over the whole collection) and reads the hit rows. A shard that does not answer within
-``timeout_s`` is left out and named in the answer (:attr:`ShardedHits.missing_shards`): a
+``timeout_s`` is left out and named in the answer (:attr:`semstore.search.SearchResult.missing_shards`): a
 partial answer says so, it never fails or comes back silently short.
 
 Nothing here imports Ray at module import; it needs the ``distributed`` extra with Ray Serve
@@ -23,20 +23,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from semstore.collection import DEFAULT_RERANK
 from semstore.distributed.ray_ingest import INSTALL_HINT, RayNotInstalledError
-from semstore.search import SearchHit, hits_from_rows
+from semstore.search import SearchResult, hits_from_rows
 from semstore.sharding import ShardCandidates, candidate_depth, merge_candidates, shard_candidates
 from semstore.storage import Shard, shards_of
 
 if TYPE_CHECKING:
+    from semstore.collection import Collection
     from semstore.config import Settings
-    from semstore.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -79,25 +78,13 @@ class ShardReplica:
             pass
 
 
-@dataclass
-class ShardedHits:
-    """A sharded search's hits, and the shards that did not answer (empty: the answer is complete)."""
-
-    hits: list[SearchHit]
-    missing_shards: list[int] = field(default_factory=list)
-    shard_count: int = 1
-
-    @property
-    def partial(self) -> bool:
-        return bool(self.missing_shards)
-
-
 def application_name(name: str, shard: Shard) -> str:
     return f"{name}-{shard.label}"
 
 
 def deploy_shards(
-    settings: Settings, *, shards: int, replicas: int = 1, name: str = "semstore", num_cpus: float = 0.0
+    settings: Settings, *, shards: int, replicas: int = 1, name: str = "semstore", num_cpus: float = 0.0,
+    timeout_s: float = DEFAULT_SHARD_TIMEOUT_S,
 ) -> ShardedSearch:
     """Deploy ``shards`` shard applications of ``replicas`` replicas on the connected Ray
     cluster (``ray.init(address)`` first) and return the ingress that searches them.
@@ -121,54 +108,48 @@ def deploy_shards(
             name=f"shard-{shard.number}", num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}
         ).bind(dumped, shard.number, shard.count)
         handles.append(serve.run(app, name=application_name(name, shard), route_prefix=None))
-    return ShardedSearch(settings, handles)
+    return ShardedSearch(handles, timeout_s=timeout_s)
 
 
 class ShardedSearch:
     """The ingress of a sharded deployment: fan out a query, merge, read the hit rows.
 
     ``handles[n]`` answers for shard ``n`` of ``len(handles)`` (Serve deployment handles, or
-    anything with the same ``.candidates.remote(...).result(timeout_s=...)`` shape).
+    anything with the same ``.candidates.remote(...).result(timeout_s=...)`` shape). Used by a
+    :class:`~semstore.Database` through :meth:`~semstore.Database.use_shard_search`, after
+    which every ``Collection.search*`` call of that database goes through the shards.
     """
 
-    def __init__(self, settings: Settings, handles: Sequence[Any], *, database: Database | None = None,
-                 timeout_s: float = DEFAULT_SHARD_TIMEOUT_S) -> None:  # fmt: skip
-        import semstore
-
+    def __init__(self, handles: Sequence[Any], *, timeout_s: float = DEFAULT_SHARD_TIMEOUT_S) -> None:
+        if not handles:
+            raise ValueError("a sharded search needs at least one shard")
         self.handles = list(handles)
         self.timeout_s = timeout_s
-        self._db = database or semstore.connect(settings=settings)
 
-    @property
-    def database(self) -> Database:
-        return self._db
-
-    def search_vector(
-        self, collection: str, query: np.ndarray, *, k: int = 10, where: Mapping[str, Any] | None = None,
+    def search(
+        self, collection: Collection, query: np.ndarray, *, k: int, where: Mapping[str, Any] | None = None,
         rerank: int | None = DEFAULT_RERANK, timeout_s: float | None = None,
-    ) -> ShardedHits:  # fmt: skip
-        """What :meth:`semstore.Collection.search_vector` answers, from the shards; the shards
-        that did not answer in ``timeout_s`` are listed in the result."""
+    ) -> SearchResult:  # fmt: skip
+        """The top ``k`` of ``collection`` (``where`` already checked) from the shards; those
+        that did not answer within ``timeout_s`` are listed in the result."""
         from semstore import storage
-        from semstore.validation import check_filter
 
-        target = self._db.collection(collection)
+        database = collection.database
         vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
         depth = candidate_depth(k, rerank)
         allowed = None
         if where:
-            checked = check_filter(where, max_keys=self._db.settings.max_filter_keys)
-            with self._db.sessions() as session:  # resolved once, sent to every shard
-                allowed = storage.filter_item_ids(session, collection_id=target.id, where=checked)
-        parts, missing = self._gather(collection, vector, depth, rerank is not None, allowed, timeout_s)
+            with database.sessions() as session:  # resolved once, sent to every shard
+                allowed = storage.filter_item_ids(session, collection_id=collection.id, where=where)
+        parts, missing = self._gather(collection.name, vector, depth, rerank is not None, allowed, timeout_s)
         scores, ids = merge_candidates(parts, k, rerank)
         pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
-        with self._db.sessions() as session:
-            rows = storage.get_items(session, collection_id=target.id, ids=[i for _, i in pairs])
+        with database.sessions() as session:
+            rows = storage.get_items(session, collection_id=collection.id, ids=[i for _, i in pairs])
         by_id = {row.id: row for row in rows}
         kept = [(s, i) for s, i in pairs if i in by_id]  # (deleted meanwhile: dropped, not dangling)
         hits = hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
-        return ShardedHits(hits, missing, len(self.handles))
+        return SearchResult(hits, missing, len(self.handles))
 
     def _gather(
         self, collection: str, vector: np.ndarray, depth: int, exact: bool, allowed: np.ndarray | None,
@@ -188,6 +169,3 @@ class ShardedSearch:
                 if cancel is not None:
                     cancel()
         return parts, missing
-
-    def close(self) -> None:
-        self._db.close()

@@ -20,6 +20,7 @@ from server.deps import CollectionDep, ItemId, ReadAccess, StateDep, WriteAccess
 from server.errors import COMMON_ERRORS, ApiError
 from server.schemas import IngestedFile, IngestOut, ItemOut, MetadataPatch, PathIngest
 from server.uploads import check_request_pixels, parse_metadata_field, read_uploads
+from server.state import AppState
 
 router = APIRouter(prefix="/v1/collections/{name}/items", tags=["items"], responses=COMMON_ERRORS)
 
@@ -155,14 +156,7 @@ async def thumbnail(
     ``source_roots`` are read, at most ``max_upload_bytes`` of them.
     """
     settings = state.settings
-    data = await anyio.to_thread.run_sync(
-        partial(
-            collection.source_bytes,
-            item_id,
-            max_bytes=settings.max_upload_bytes,
-            allowed_roots=settings.readable_source_roots(),
-        )
-    )
+    data = await _source_bytes(collection, item_id, state)
     jpeg = await anyio.to_thread.run_sync(
         partial(
             make_thumbnail,
@@ -189,15 +183,16 @@ async def original(collection: CollectionDep, item_id: ItemId, state: StateDep) 
     ``allowed_ingest_roots`` and ``source_roots`` only, at most ``max_upload_bytes``; served
     only if it still is an image of an ingest format.
     """
-    settings = state.settings
-    data = await anyio.to_thread.run_sync(
-        partial(
-            collection.source_bytes,
-            item_id,
-            max_bytes=settings.max_upload_bytes,
-            allowed_roots=settings.readable_source_roots(),
-        )
-    )
+    data = await _source_bytes(collection, item_id, state)
     media_type = await anyio.to_thread.run_sync(image_media_type, data)
     headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff", "Content-Disposition": "inline"}
     return Response(data, media_type=media_type, headers=headers)
+
+
+async def _source_bytes(collection: Collection, item_id: int, state: AppState) -> bytes:
+    """The item's source bytes, read under the server's roots and size limit (in a worker thread)."""
+    settings = state.settings
+    read = partial(
+        collection.source_bytes, item_id, max_bytes=settings.max_upload_bytes, allowed_roots=settings.readable_source_roots()
+    )
+    return await anyio.to_thread.run_sync(read)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from semstore.collection import Collection, QueryError
 from server.deps import CollectionDep, ReadAccess, StateDep
@@ -31,9 +31,17 @@ router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], responses=C
 DEFAULT_CLASSIFY_PAGE = 100
 
 
+#: Response header of a partial answer (a sharded deployment's shards missing): ``missing=1,2; shards=3``.
+PARTIAL_HEADER = "X-Semstore-Partial"
+
+
 @router.post("/search", dependencies=[ReadAccess])
-async def search(collection: CollectionDep, state: StateDep, body: SearchRequest) -> SearchOut:
-    """Top-k items for a ``text`` query or a stored item (``item_id``: "more like this")."""
+async def search(collection: CollectionDep, state: StateDep, body: SearchRequest, response: Response) -> SearchOut:
+    """Top-k items for a ``text`` query or a stored item (``item_id``: "more like this").
+
+    With a sharded deployment, shards that do not answer in time are left out: ``partial``
+    is true, ``missing_shards`` names them, and the ``X-Semstore-Partial`` header is set.
+    """
     check_page_size("k", body.k, state.settings.max_page_size)
     if (body.text is None) == (body.item_id is None):
         raise QueryError("give exactly one of text or item_id")
@@ -48,13 +56,14 @@ async def search(collection: CollectionDep, state: StateDep, body: SearchRequest
     else:
         query = await anyio.to_thread.run_sync(partial(collection.embed_query, item=body.item_id))
         kind = "item"
-    return await anyio.to_thread.run_sync(partial(_search, collection, query, started, body, kind))
+    return _flag_partial(response, await anyio.to_thread.run_sync(partial(_search, collection, query, started, body, kind)))
 
 
 @router.post("/search/image", dependencies=[ReadAccess])
 async def search_by_image(
     collection: CollectionDep,
     state: StateDep,
+    response: Response,
     image: Annotated[UploadFile, File(description="The query image.")],
     k: Annotated[int, Form(ge=1)] = 10,
     min_score: Annotated[float | None, Form(allow_inf_nan=False)] = None,
@@ -67,14 +76,21 @@ async def search_by_image(
     ((_, data),) = await read_uploads([image], 1)
     started = time.perf_counter()
     query = await anyio.to_thread.run_sync(partial(collection.embed_query, image=data), limiter=state.inference)
-    return await anyio.to_thread.run_sync(partial(_search, collection, query, started, options, "image"))
+    return _flag_partial(response, await anyio.to_thread.run_sync(partial(_search, collection, query, started, options, "image")))
+
+
+def _flag_partial(response: Response, out: SearchOut) -> SearchOut:
+    if out.partial:
+        response.headers[PARTIAL_HEADER] = f"missing={','.join(map(str, out.missing_shards))}"
+    return out
 
 
 def _search(collection: Collection, query: np.ndarray, started: float, options: SearchOptions, kind: Any) -> SearchOut:
     embedded = time.perf_counter()
-    hits = collection.search_vector(
+    result = collection.search_result(
         query, k=options.k, where=options.where, min_score=options.min_score, rerank=options.rerank or None
     )
+    hits = result.hits
     done = time.perf_counter()
     return SearchOut(
         hits=[
@@ -87,6 +103,8 @@ def _search(collection: Collection, query: np.ndarray, started: float, options: 
             search_ms=round((done - embedded) * 1000, 3),
             total_ms=round((done - started) * 1000, 3),
         ),
+        partial=result.partial,
+        missing_shards=result.missing_shards,
     )
 
 

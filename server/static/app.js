@@ -143,7 +143,8 @@ async function runSearch(describe, request) {
     const body = await (await request()).json();
     if (serial !== searchSerial) return;  // a newer search finished first
     render(body.hits);
-    setStatus(`${body.hits.length} results for ${describe} in ${body.timing.total_ms.toFixed(1)} ms.`);
+    const partial = body.partial ? ` Partial answer: shard(s) ${body.missing_shards.join(", ")} did not answer, their items are missing.` : "";
+    setStatus(`${body.hits.length} results for ${describe} in ${body.timing.total_ms.toFixed(1)} ms.${partial}`, body.partial);
   } catch (error) {
     if (serial === searchSerial) {
       render([]);  // results of an earlier search under this error would read as its answer

@@ -71,6 +71,14 @@ def _open_page(browser, photos: Photos, tmp_path: Path, *, width: int, height: i
     return context, page, errors
 
 
+def _search_by_image(page, photos: Photos, tmp_path: Path, name: str) -> None:  # noqa: ANN001 - playwright Page
+    """Choose one of the collection's own images as the query and wait for the results."""
+    query = tmp_path / "query.png"
+    query.write_bytes(photos.files[name])
+    page.set_input_files("#image-input", str(query))
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('results for image')")
+
+
 def test_search_page_text_query_and_more_like_this(browser, photos: Photos, tmp_path: Path) -> None:  # noqa: ANN001
     context, page, errors = _open_page(browser, photos, tmp_path, width=1280, height=900)
     try:
@@ -117,10 +125,7 @@ def test_search_page_text_query_and_more_like_this(browser, photos: Photos, tmp_
 def test_search_page_image_query_on_a_narrow_screen(browser, photos: Photos, tmp_path: Path) -> None:  # noqa: ANN001
     context, page, errors = _open_page(browser, photos, tmp_path, width=375, height=740)
     try:
-        query = tmp_path / "query.png"
-        query.write_bytes(photos.files["img07.png"])
-        page.set_input_files("#image-input", str(query))
-        page.wait_for_function("() => document.querySelector('#status').textContent.includes('results for image')")
+        _search_by_image(page, photos, tmp_path, "img07.png")
         assert str(photos.ids["img07.png"]) in _top_ids(page)
         page.wait_for_function("() => document.querySelectorAll('#results img.thumb[src^=\"blob:\"]').length > 0")
         # Responsive: nothing wider than the screen.
@@ -242,10 +247,7 @@ def test_search_page_failed_search_clears_the_old_results(browser, photos: Photo
 def test_search_page_shows_the_full_image_its_source_and_metadata(browser, photos: Photos, tmp_path: Path) -> None:  # noqa: ANN001
     context, page, errors = _open_page(browser, photos, tmp_path, width=1280, height=900)
     try:
-        query = tmp_path / "query.png"
-        query.write_bytes(photos.files["img07.png"])
-        page.set_input_files("#image-input", str(query))
-        page.wait_for_function("() => document.querySelector('#status').textContent.includes('results for image')")
+        _search_by_image(page, photos, tmp_path, "img07.png")
         wanted = str(photos.ids["img07.png"])
         card = page.locator(f"#results .card[data-id='{wanted}']")
         card.get_by_role("button", name="Details of").click()
