@@ -17,7 +17,7 @@ from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.collection import Collection
 from semstore.config import Settings, get_settings
-from semstore.encoders import TINY_TEST_MODEL, Encoder, OpenClipEncoder
+from semstore.encoders import TINY_TEST_MODEL, Encoder, build_encoder
 from semstore.index_service import IndexPolicy, IndexService, revisions_of
 from semstore.ingest.budget import PixelBudget
 from semstore.names import UnsafePathError, check_collection_name, child_folder
@@ -55,6 +55,7 @@ class Database:
         self.engine = storage.create_db_engine(self.url)
         self.sessions = storage.session_factory(self.engine)
         self.reads = storage.read_engine(self.engine)  # ``with db.reads.connect()``: the search path's reads
+        self._injected_encoder_factory = encoder_factory
         self._encoder_factory = encoder_factory or self._default_encoder
         self._encoders: OrderedDict[tuple[str, str | None], Encoder] = OrderedDict()
         self._collections: dict[str, Collection] = {}
@@ -301,13 +302,14 @@ class Database:
         return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
 
     def _default_encoder(self, model: str, pretrained: str | None) -> Encoder:
-        return OpenClipEncoder(
-            model,
-            pretrained,
-            device=self.settings.device,
-            threads=self.settings.threads,
-            batch_size=self.settings.batch_size,
-        )
+        settings = self.settings
+        return build_encoder(model, pretrained, device=settings.device, threads=settings.threads, batch_size=settings.batch_size)
+
+    @property
+    def injected_encoder_factory(self) -> EncoderFactory | None:
+        """The ``encoder_factory`` this database was given (None: the default open_clip one),
+        for workers elsewhere (Ray actors) that must build the same encoders."""
+        return self._injected_encoder_factory
 
 
 def connect(

@@ -158,6 +158,7 @@ class _Job:
             device="cuda" if gpus > 0 else self._settings.device,
             threads=max(1, int(options.cpus_per_worker)),
             batch_size=options.batch_size,
+            factory=collection.database.injected_encoder_factory,
         )
 
     def _encoded(self, files: list[str], codec: bytes | None) -> Any:

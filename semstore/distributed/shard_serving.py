@@ -31,11 +31,12 @@ from semstore.collection import DEFAULT_RERANK
 from semstore.distributed.ray_ingest import INSTALL_HINT, RayNotInstalledError
 from semstore.search import SearchResult, hits_from_rows
 from semstore.sharding import ShardCandidates, candidate_depth, merge_candidates, shard_candidates
-from semstore.storage import Shard, shards_of
+from semstore.storage import CollectionRevision, Shard, shards_of
 
 if TYPE_CHECKING:
     from semstore.collection import Collection
     from semstore.config import Settings
+    from semstore.index_service import IndexService
 
 logger = logging.getLogger(__name__)
 
@@ -54,22 +55,37 @@ class ShardReplica:
         self._settings = Settings(**settings)
         self._db = semstore.connect(settings=self._settings)
         self.shard = Shard(shard_number, shard_count)
+        self._services: dict[int, IndexService] = {}
 
     def candidates(
-        self, collection: str, query: np.ndarray, depth: int, exact: bool, allowed_ids: np.ndarray | None
-    ) -> ShardCandidates:
-        """This shard's best ``depth`` items of ``collection`` for ``query`` (see :func:`shard_candidates`)."""
-        target = self._db.collection(collection)
-        index = self._db.shard_index_service(target, self.shard).fresh()
+        self, collection: str, collection_id: int, stored: CollectionRevision, query: np.ndarray, depth: int,
+        exact: bool, allowed_ids: np.ndarray | None,
+    ) -> ShardCandidates:  # fmt: skip
+        """This shard's best ``depth`` items of ``collection`` for ``query`` (see
+        :func:`shard_candidates`), from an index that reflects at least ``stored`` (the revision
+        the ingress read for this query): no SQL at all unless the index is behind it."""
+        service = self._service(collection, collection_id)
+        index = service.fresh_as_of(stored) or service.fresh(stored)
         if index is None:  # no codec yet: nothing stored
             empty = np.empty(0, dtype=np.float32)
             return ShardCandidates(empty, np.empty(0, dtype=np.int64), empty.copy() if exact else None)
+        service.save()  # only when enough changed since the last save: a restart then loads, not rebuilds
         return shard_candidates(index, query, depth, exact=exact, allowed_ids=allowed_ids)
 
     def item_count(self, collection: str) -> int:
         """Items in this shard's index of ``collection`` (after catching up)."""
-        index = self._db.shard_index_service(self._db.collection(collection), self.shard).fresh()
+        target = self._db.collection(collection)
+        index = self._service(collection, target.id).fresh()
         return 0 if index is None else len(index)
+
+    def _service(self, collection: str, collection_id: int) -> IndexService:
+        service = self._services.get(collection_id)
+        if service is None:
+            target = self._db.collection(collection)
+            if target.id != collection_id:
+                raise LookupError(f"collection {collection!r} is no longer collection {collection_id}")
+            service = self._services[collection_id] = self._db.shard_index_service(target, self.shard)
+        return service
 
     def __del__(self) -> None:  # a replica shut down by Serve saves its index for the next start
         try:
@@ -138,25 +154,31 @@ class ShardedSearch:
         vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
         depth = candidate_depth(k, rerank)
         allowed = None
-        if where:
-            with database.sessions() as session:  # resolved once, sent to every shard
-                allowed = storage.filter_item_ids(session, collection_id=collection.id, where=where)
-        parts, missing = self._gather(collection.name, vector, depth, rerank is not None, allowed, timeout_s)
-        scores, ids = merge_candidates(parts, k, rerank)
-        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
-        with database.sessions() as session:
-            rows = storage.get_items(session, collection_id=collection.id, ids=[i for _, i in pairs])
+        with database.reads.connect() as connection:
+            # One statement before the fan-out: the revision every shard must reflect (and
+            # the filter's matching ids, resolved once for all shards).
+            if where:
+                allowed, stored = storage.filter_item_ids_with_revision(connection, collection_id=collection.id, where=where)
+            else:
+                stored = storage.SearchReads(connection).revision(collection.id)
+            parts, missing = self._gather(collection, stored, vector, depth, rerank is not None, allowed, timeout_s)
+            scores, ids = merge_candidates(parts, k, rerank)
+            pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+            rows, _ = storage.SearchReads(connection).hit_rows(collection.id, [i for _, i in pairs])
         by_id = {row.id: row for row in rows}
         kept = [(s, i) for s, i in pairs if i in by_id]  # (deleted meanwhile: dropped, not dangling)
         hits = hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
         return SearchResult(hits, missing, len(self.handles))
 
     def _gather(
-        self, collection: str, vector: np.ndarray, depth: int, exact: bool, allowed: np.ndarray | None,
-        timeout_s: float | None,
+        self, collection: Collection, stored: CollectionRevision, vector: np.ndarray, depth: int, exact: bool,
+        allowed: np.ndarray | None, timeout_s: float | None,
     ) -> tuple[list[ShardCandidates], list[int]]:  # fmt: skip
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
-        pending = [handle.candidates.remote(collection, vector, depth, exact, allowed) for handle in self.handles]
+        pending = [
+            handle.candidates.remote(collection.name, collection.id, stored, vector, depth, exact, allowed)
+            for handle in self.handles
+        ]
         parts: list[ShardCandidates] = []
         missing: list[int] = []
         for number, response in enumerate(pending):

@@ -9,6 +9,7 @@ Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from semstore import storage
 from semstore.codec import PQVAECodec
-from semstore.encoders import Encoder, OpenClipEncoder
+from semstore.encoders import Encoder, build_encoder
 from semstore.ingest.images import BadImageError, content_hash, decode_image
 from semstore.ingest.pipeline import FailedSource, new_items, read_source, store_items
 
@@ -104,18 +105,21 @@ def _columns(rows: list[dict[str, Any]]) -> Batch:
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """How each actor builds its own encoder (one model per actor)."""
+    """How each actor builds its own encoder (one model per actor): the driver's Database's
+    injected ``factory(model, pretrained)`` if it has one (shipped to the actors), else
+    :func:`semstore.encoders.build_encoder`."""
 
     model: str
     pretrained: str | None
     device: str = "cpu"
     threads: int | None = None
     batch_size: int = 32
+    factory: Callable[[str, str | None], Encoder] | None = None
 
     def build(self) -> Encoder:
-        return OpenClipEncoder(
-            self.model, self.pretrained, device=self.device, threads=self.threads, batch_size=self.batch_size
-        )
+        if self.factory is not None:
+            return self.factory(self.model, self.pretrained)
+        return build_encoder(self.model, self.pretrained, device=self.device, threads=self.threads, batch_size=self.batch_size)
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,18 @@ __all__ = [
     "ModelNotAllowedError",
     "ModelPolicy",
     "OpenClipEncoder",
+    "build_encoder",
     "load_encoder",
     "register_model_configs",
 ]
+
+
+def build_encoder(
+    model: str, pretrained: str | None, *, device: str = "cpu", threads: int | None = None, batch_size: int = 32
+) -> Encoder:
+    """The open_clip encoder for ``model`` / ``pretrained``: the one place encoders are built
+    (a :class:`~semstore.Database`'s default, a Ray ingest actor's, :func:`load_encoder`)."""
+    return OpenClipEncoder(model, pretrained, device=device, threads=threads, batch_size=batch_size)
 
 
 def load_encoder(settings: Settings) -> Encoder:
@@ -41,10 +50,6 @@ def load_encoder(settings: Settings) -> Encoder:
         ValueError: unknown model or tag.
         EncoderWeightsNotFoundError: the weights are not available offline.
     """
-    return OpenClipEncoder(
-        settings.model,
-        settings.pretrained,
-        device=settings.device,
-        threads=settings.threads,
-        batch_size=settings.batch_size,
+    return build_encoder(
+        settings.model, settings.pretrained, device=settings.device, threads=settings.threads, batch_size=settings.batch_size
     )
