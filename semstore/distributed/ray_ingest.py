@@ -34,7 +34,7 @@ from semstore.distributed.stages import (
     write_batch,
 )
 from semstore.encoders.openclip import model_image_edge
-from semstore.ingest.pipeline import TOO_FEW_TO_TRAIN, FailedSource, IngestError, IngestReport, attach_codec
+from semstore.ingest.pipeline import FailedSource, IngestError, IngestReport, bootstrap_codec
 from semstore.ingest.sources import iter_image_files
 
 if TYPE_CHECKING:
@@ -196,12 +196,11 @@ class _Job:
             for batch in self._encoded(sample, None).iter_batches(batch_size=None, batch_format="numpy")
         ]
         embeddings = np.concatenate(parts) if parts else np.zeros((0, self._collection.dim), dtype=np.float32)
-        if len(embeddings) < 2:
-            raise IngestError(TOO_FEW_TO_TRAIN)
         database = self._collection.database
-        trained = database.new_codec(embeddings.shape[1]).fit(embeddings, seed=0, progress=progress)
-        codec, codec_id = attach_codec(database.sessions, self._collection.id, trained)
-        return (codec_id if codec is trained else None), codec
+        codec, codec_id, trained = bootstrap_codec(
+            database.sessions, self._collection.id, database.new_codec, embeddings, progress=progress
+        )
+        return (codec_id if trained else None), codec
 
     def ingest(self, files: list[str], codec: bytes, codec_id: int, report: IngestReport) -> None:
         """Run every file through read -> encode -> write and tally the outcome into ``report``."""

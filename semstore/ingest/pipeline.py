@@ -297,11 +297,10 @@ class IngestPipeline:
         embeddings = np.stack([e for _, e in self._buffer])
         self._close_sample_bar()
         if self._codec is None:
-            if len(decoded) < 2:
-                raise IngestError(TOO_FEW_TO_TRAIN)
-            trained = self._codec_factory(embeddings.shape[1]).fit(embeddings, seed=0, progress=progress)
-            codec, codec_id = attach_codec(self._sessions, self._collection_id, trained)
-            if codec is trained:
+            codec, codec_id, trained = bootstrap_codec(
+                self._sessions, self._collection_id, self._codec_factory, embeddings, progress=progress
+            )
+            if trained:
                 report.codec_trained = True
                 report.codec_report = codec.report.summary() if codec.report else None
             self._codec, self._codec_id = codec, codec_id
@@ -341,6 +340,19 @@ def read_source(source: Path | BytesSource) -> tuple[str, bytes | FailedSource]:
         return name, source.read_bytes()
     except OSError as exc:
         return name, FailedSource(name, f"cannot read file: {exc.strerror or exc}")
+
+
+def bootstrap_codec(
+    sessions: sessionmaker[Session], collection_id: int, codec_factory: CodecFactory, embeddings: np.ndarray,
+    *, progress: bool,
+) -> tuple[PQVAECodec, int, bool]:  # fmt: skip
+    """Train a new collection's codec on its sample's ``embeddings`` and attach it (both the
+    local and the Ray ingest); ``(codec in use, its id, whether it is the one trained here)``."""
+    if len(embeddings) < 2:
+        raise IngestError(TOO_FEW_TO_TRAIN)
+    trained = codec_factory(embeddings.shape[1]).fit(embeddings, seed=0, progress=progress)
+    codec, codec_id = attach_codec(sessions, collection_id, trained)
+    return codec, codec_id, codec is trained
 
 
 def attach_codec(sessions: sessionmaker[Session], collection_id: int, trained: PQVAECodec) -> tuple[PQVAECodec, int]:

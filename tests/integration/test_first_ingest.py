@@ -117,7 +117,7 @@ def test_cli_codec_sample_sets_the_training_size(tmp_path: Path) -> None:
 def test_cli_says_what_an_interruption_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     draw_images(tmp_path / "images", IMAGES)
     monkeypatch.setattr(
-        "semstore.database.OpenClipEncoder", lambda model, pretrained, **options: InterruptAfter(
+        "semstore.database.build_encoder", lambda model, pretrained, **options: InterruptAfter(
             OpenClipEncoder(model, pretrained, **options), 1)
     )  # fmt: skip
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "images"), "--codec-sample", "6", "--no-progress"],
