@@ -512,7 +512,8 @@ class Collection:
         Else the filter is selective: with a few matches seen, once more over proportionally
         more candidates; with none, the matching ids are looked up by the metadata index
         (and remembered) and only they are scored. ``selective``: the filter is known to
-        match few items (its remembered ids were just found out of date): look them up at once.
+        match few items (its remembered ids were just found out of date): look them up at once;
+        so does a filter whose last known match count says the probe would fall short.
         """
         key = filter_key(where)
         remembered = self.filters.get(key)
@@ -521,7 +522,12 @@ class Collection:
             return (*self._search_allowed(index, vector, k, rerank, allowed), revision)
         depth = k if rerank is None else max(int(rerank), k)
         total = len(index)
-        probe = total if selective else min(total, max(POST_FILTER_FACTOR * depth, POST_FILTER_MIN))
+        probe = min(total, max(POST_FILTER_FACTOR * depth, POST_FILTER_MIN))
+        # A match count from an earlier lookup (it outlives writes: an estimate) that says the
+        # probe would find fewer than depth matches, and the lookup is cheap: skip the probe.
+        known = self.filters.count(key)
+        if selective or (known is not None and known <= GATHER_SUBSET_MAX and known * probe < depth * total):
+            probe = total
         while probe < total:  # (a probe of every item would only cost more than the lookup)
             _, candidates = index.search(vector, probe)
             candidates = candidates[0][candidates[0] >= 0]

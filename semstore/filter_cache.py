@@ -20,6 +20,8 @@ import numpy as np
 
 #: Filters remembered per collection ...
 MAX_ENTRIES = 32
+#: ... and filters whose match count is remembered (a few dozen bytes each).
+MAX_COUNTS = 1024
 #: ... each of at most this many matching ids (8 bytes each: 512 KiB at most per entry).
 MAX_IDS = 65_536
 
@@ -36,11 +38,19 @@ def filter_key(where: Mapping[str, Any]) -> FilterKey:
 
 
 class FilterCache:
-    """An LRU of ``filter -> (revision, sorted matching ids)`` for one collection (thread-safe)."""
+    """An LRU of ``filter -> (revision, sorted matching ids)`` for one collection (thread-safe),
+    and of each filter's last known match count.
 
-    def __init__(self, max_entries: int = MAX_ENTRIES, max_ids: int = MAX_IDS) -> None:
-        self.max_entries, self.max_ids = max_entries, max_ids
+    The ids are exact for one revision only; the count outlives writes, as an estimate of the
+    filter's selectivity: a filter known to match few items goes straight to the lookup of its
+    ids, without first probing the index for candidates (which would find too few of them).
+    A wrong estimate costs only speed, never exactness.
+    """
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_ids: int = MAX_IDS, max_counts: int = MAX_COUNTS) -> None:
+        self.max_entries, self.max_ids, self.max_counts = max_entries, max_ids, max_counts
         self._entries: OrderedDict[FilterKey, tuple[int, np.ndarray]] = OrderedDict()
+        self._counts: OrderedDict[FilterKey, int] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: FilterKey) -> tuple[int, np.ndarray] | None:
@@ -51,8 +61,18 @@ class FilterCache:
                 self._entries.move_to_end(key)
             return entry
 
+    def count(self, key: FilterKey) -> int | None:
+        """The filter's match count when its ids were last looked up (any revision), or None."""
+        with self._lock:
+            return self._counts.get(key)
+
     def put(self, key: FilterKey, revision: int, ids: np.ndarray) -> None:
-        """Remember the ids read at ``revision`` (too many ids are not kept)."""
+        """Remember the ids read at ``revision`` (too many ids are not kept) and their count."""
+        with self._lock:
+            self._counts[key] = len(ids)
+            self._counts.move_to_end(key)
+            while len(self._counts) > self.max_counts:
+                self._counts.popitem(last=False)
         if len(ids) > self.max_ids:
             return
         ids = ids.copy()
@@ -70,11 +90,15 @@ class FilterCache:
             if entry is not None and entry[0] == revision:
                 del self._entries[key]
 
-    def forget(self, key: FilterKey) -> None:
-        """Forget the entry of ``key`` whatever its revision."""
+    def forget(self, key: FilterKey, *, count: bool = False) -> None:
+        """Forget the ids of ``key`` whatever their revision (as a write does), and with
+        ``count`` its match count too (as if the filter had never been used)."""
         with self._lock:
             self._entries.pop(key, None)
+            if count:
+                self._counts.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._counts.clear()

@@ -15,6 +15,7 @@ from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.config import Settings
 from semstore.encoders import TINY_TEST_MODEL
+from semstore.filter_cache import filter_key
 from tests.e2e.conftest import encode, make_image
 
 COUNT = 200
@@ -169,3 +170,40 @@ def test_a_repeated_filter_reuses_its_ids_until_any_process_writes(photos: semst
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_known_match_count_skips_the_probe_and_a_stale_one_stays_exact(
+    photos: semstore.Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(semstore.collection, "POST_FILTER_MIN", 8)  # k = 5, no re-rank: a 20-item probe
+    query = photos.embed_query(text="x")
+    where = {"tag": "t3"}
+    probes: list[int] = []
+    index = photos.index
+    assert index is not None
+    real_search = type(index).search
+
+    def counting(self, queries, k, **options):  # noqa: ANN001, ANN003, ANN202
+        if not options:  # (the post-filter probe: no rerank, no allowed ids)
+            probes.append(k)
+        return real_search(self, queries, k, **options)
+
+    monkeypatch.setattr(type(index), "search", counting)
+    photos.search_vector(query, k=5, where=where, rerank=None)
+    assert probes  # first use: probe, then the lookup, which leaves the count
+    assert photos.filters.count(filter_key(where)) == len(_ids_with(photos, lambda m: m.get("tag") == "t3"))
+    photos.filters.forget(filter_key(where))  # as a write does: the ids go, the count stays
+    probes.clear()
+    photos.search_vector(query, k=5, where=where, rerank=None)
+    assert probes == []  # known to be selective: straight to the lookup
+
+    # The filter then matches half the collection: the stale count sends it to the lookup once,
+    # which is still exact and corrects the count.
+    half = _ids_with(photos, lambda m: m.get("half") == 1)
+    with storage.transaction(photos.database.sessions) as session:
+        for item_id in half.tolist():
+            storage.update_item_metadata(session, collection_id=photos.id, item_id=item_id, metadata={"tag": "t3"})
+    allowed = _ids_with(photos, lambda m: m.get("tag") == "t3")
+    hits = photos.search_vector(query, k=10, where=where, rerank=None)
+    np.testing.assert_allclose([hit.score for hit in hits], _brute_force(photos, query, allowed, 10, None), atol=2e-5)
+    assert photos.filters.count(filter_key(where)) == len(allowed)

@@ -88,7 +88,7 @@ def test_building_blocks_on_sqlite(tmp_path: Path) -> None:
     for setting in ("exhaustive", "ivf"):
         assert [result.hits[f"{setting}/{label}"] for label in search_path.FILTERS] == [0, 10, 10]
     cases = {"raw", "collection", "rows", *(f"filter {label}" for label in search_path.FILTERS),
-             *(f"filter {label} cold" for label in search_path.COLD_FILTERS)}
+             *(f"filter {label} {when}" for label in search_path.COLD_FILTERS for when in ("cold", "new"))}
     assert set(result.latency) == {f"{s}/{c}" for s in ("exhaustive", "ivf") for c in cases}
     assert all(lat.count == len(queries) and 0 < lat.p50 <= lat.p99 for lat in result.latency.values())
     assert set(result.profiles) == {f"exhaustive/{c}" for c in cases}

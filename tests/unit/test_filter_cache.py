@@ -33,3 +33,19 @@ def test_lru_bound_size_bound_and_revision_checked_discard() -> None:
     assert cache.get(filter_key({"a": 1})) is None
     cache.forget(filter_key({"c": 1}))
     assert cache.get(filter_key({"c": 1})) is None
+
+
+def test_match_counts_outlive_forgotten_ids() -> None:
+    cache = FilterCache(max_entries=2, max_ids=3, max_counts=2)
+    cache.put(filter_key({"a": 1}), 7, np.array([1, 2], dtype=np.int64))
+    cache.put(filter_key({"big": 1}), 7, np.arange(10))  # too many ids to keep, but counted
+    assert cache.get(filter_key({"big": 1})) is None and cache.count(filter_key({"big": 1})) == 10
+    cache.forget(filter_key({"a": 1}))  # as after a write: the ids go, the count stays
+    assert cache.get(filter_key({"a": 1})) is None and cache.count(filter_key({"a": 1})) == 2
+    cache.forget(filter_key({"a": 1}), count=True)
+    assert cache.count(filter_key({"a": 1})) is None
+    cache.put(filter_key({"c": 1}), 8, np.arange(1))
+    cache.put(filter_key({"d": 1}), 8, np.arange(1))  # bounded: the least recent count goes
+    assert cache.count(filter_key({"big": 1})) is None and cache.count(filter_key({"d": 1})) == 1
+    cache.clear()
+    assert cache.count(filter_key({"c": 1})) is None
