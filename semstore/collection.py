@@ -25,7 +25,7 @@ from semstore.index.adc import GATHER_SUBSET_MAX
 from semstore.ingest.images import content_hash, open_image
 from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
 from semstore.names import UnsafePathError
-from semstore.search import Classification, SearchHit, SearchResult, classify_codes, hits_from_rows
+from semstore.search import Classification, SearchHit, SearchResult, classify_codes, hits_for_pairs, hits_from_rows
 from semstore.uploads import UPLOAD_SCHEME, UploadStore, discard, upload_uri
 from semstore.validation import check_filter, check_metadata
 
@@ -474,10 +474,7 @@ class Collection:
                 if not exc.connection_invalidated:
                     raise
                 raise storage.ConnectionLostError("the database dropped the connection") from exc
-        by_id = {row.id: row for row in rows}
-        # An id deleted between search and lookup is dropped rather than returned dangling.
-        kept = [(s, i) for s, i in pairs if i in by_id]
-        return hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
+        return hits_for_pairs(rows, pairs)
 
     def _top_pairs(
         self, index: SearchIndex | None, vector: np.ndarray, k: int, rerank: int | None,

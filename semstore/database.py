@@ -166,15 +166,18 @@ class Database:
         with self._lock:
             service = self._services.get(collection.id)
             if service is None:
-                service = IndexService(
-                    sessions=self.sessions,
-                    collection_id=collection.id,
-                    codec_source=collection.codec_and_id,
-                    directory=lambda: self._safe_index_directory(collection),
-                    policy=IndexPolicy.from_settings(self.settings),
-                )
-                self._services[collection.id] = service
+                service = self._services[collection.id] = self._new_index_service(collection, None)
             return service
+
+    def _new_index_service(self, collection: Collection, shard: storage.Shard | None) -> IndexService:
+        return IndexService(
+            sessions=self.sessions,
+            collection_id=collection.id,
+            codec_source=collection.codec_and_id,
+            directory=lambda: self._safe_index_directory(collection, shard),
+            policy=IndexPolicy.from_settings(self.settings),
+            shard=shard,
+        )
 
     @property
     def shard_search(self) -> ShardSearch | None:
@@ -197,15 +200,7 @@ class Database:
         with self._lock:
             service = self._shard_services.get(key)
             if service is None:
-                service = IndexService(
-                    sessions=self.sessions,
-                    collection_id=collection.id,
-                    codec_source=collection.codec_and_id,
-                    directory=lambda: self._safe_index_directory(collection, shard),
-                    policy=IndexPolicy.from_settings(self.settings),
-                    shard=shard,
-                )
-                self._shard_services[key] = service
+                service = self._shard_services[key] = self._new_index_service(collection, shard)
             return service
 
     def _safe_index_directory(self, collection: Collection, shard: storage.Shard | None = None) -> Path | None:

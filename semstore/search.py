@@ -57,6 +57,14 @@ def hits_from_rows(rows: Sequence[Any], scores: Sequence[float]) -> list[SearchH
     ]
 
 
+def hits_for_pairs(rows: Sequence[Any], pairs: Sequence[tuple[float, int]]) -> list[SearchHit]:
+    """Hits for ``(score, id)`` pairs in their order, from the rows read for them; an id with no
+    row (deleted between search and lookup) is dropped rather than returned dangling."""
+    by_id = {row.id: row for row in rows}
+    kept = [(s, i) for s, i in pairs if i in by_id]
+    return hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
+
+
 @dataclass
 class Classification:
     """Per-item zero-shot labels: ``labels[label_index[i]]`` is item ``ids[i]``'s label."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from semstore.collection import DEFAULT_RERANK
 from semstore.distributed.ray_ingest import INSTALL_HINT, RayNotInstalledError
-from semstore.search import SearchResult, hits_from_rows
+from semstore.search import SearchResult, hits_for_pairs
 from semstore.sharding import ShardCandidates, candidate_depth, merge_candidates, shard_candidates
 from semstore.storage import CollectionRevision, Shard, shards_of
 
@@ -71,12 +71,6 @@ class ShardReplica:
             return ShardCandidates(empty, np.empty(0, dtype=np.int64), empty.copy() if exact else None)
         service.save()  # only when enough changed since the last save: a restart then loads, not rebuilds
         return shard_candidates(index, query, depth, exact=exact, allowed_ids=allowed_ids)
-
-    def item_count(self, collection: str) -> int:
-        """Items in this shard's index of ``collection`` (after catching up)."""
-        target = self._db.collection(collection)
-        index = self._service(collection, target.id).fresh()
-        return 0 if index is None else len(index)
 
     def _service(self, collection: str, collection_id: int) -> IndexService:
         service = self._services.get(collection_id)
@@ -161,14 +155,13 @@ class ShardedSearch:
                 allowed, stored = storage.filter_item_ids_with_revision(connection, collection_id=collection.id, where=where)
             else:
                 stored = storage.SearchReads(connection).revision(collection.id)
-            parts, missing = self._gather(collection, stored, vector, depth, rerank is not None, allowed, timeout_s)
-            scores, ids = merge_candidates(parts, k, rerank)
-            pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        # (no pooled connection is held while the shards work: a slow shard would pin it)
+        parts, missing = self._gather(collection, stored, vector, depth, rerank is not None, allowed, timeout_s)
+        scores, ids = merge_candidates(parts, k, rerank)
+        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        with database.reads.connect() as connection:
             rows, _ = storage.SearchReads(connection).hit_rows(collection.id, [i for _, i in pairs])
-        by_id = {row.id: row for row in rows}
-        kept = [(s, i) for s, i in pairs if i in by_id]  # (deleted meanwhile: dropped, not dangling)
-        hits = hits_from_rows([by_id[i] for _, i in kept], [s for s, _ in kept])
-        return SearchResult(hits, missing, len(self.handles))
+        return SearchResult(hits_for_pairs(rows, pairs), missing, len(self.handles))
 
     def _gather(
         self, collection: Collection, stored: CollectionRevision, vector: np.ndarray, depth: int, exact: bool,

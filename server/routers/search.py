@@ -31,7 +31,7 @@ router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], responses=C
 DEFAULT_CLASSIFY_PAGE = 100
 
 
-#: Response header of a partial answer (a sharded deployment's shards missing): ``missing=1,2; shards=3``.
+#: Response header of a partial answer (a sharded deployment's shards missing): ``missing=1,2``.
 PARTIAL_HEADER = "X-Semstore-Partial"
 
 
