@@ -147,6 +147,8 @@ class KindInfo:
     build_s: float
     ram_bytes_per_item: float
     same_as: str | None = None  # another setting that gave the same index (measured once, there)
+    metadata_bytes_per_item: float = 0.0  # the metadata columns held beside the index
+    metadata_keys: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -416,10 +418,12 @@ def in_process_cases(db: Any, collection: Collection, index: Any) -> dict[str, C
 
     def cold(q: np.ndarray, w: dict[str, bool]) -> object:
         collection.filters.forget(filter_key(w))  # as after any write: the ids go, the match count stays
+        collection.column_filters.forget(filter_key(w))  # (the metadata columns changed: their ids go too)
         return collection.search_vector(q, k=K, where=w)
 
     def new(q: np.ndarray, w: dict[str, bool]) -> object:
         collection.filters.forget(filter_key(w), count=True)  # as the first search ever with this filter
+        collection.column_filters.forget(filter_key(w), count=True)
         return collection.search_vector(q, k=K, where=w)
 
     for label in COLD_FILTERS:
@@ -472,7 +476,10 @@ def run_in_process(
     assert index is not None and len(index) == result.items, (len(index) if index else None, result.items)
     described = collection.index_service.describe()
     assert described is not None
-    info = KindInfo(setting, described.kind, described.nlist, described.nprobe, build_s, index.bytes_per_item)
+    info = KindInfo(
+        setting, described.kind, described.nlist, described.nprobe, build_s, index.bytes_per_item,
+        metadata_bytes_per_item=described.metadata_bytes / max(1, described.items), metadata_keys=described.metadata_keys,
+    )  # fmt: skip
     for other in result.kinds.values():
         if other.same_as is None and (other.kind, other.nlist, other.nprobe) == (info.kind, info.nlist, info.nprobe):
             info.same_as = other.setting
@@ -673,12 +680,13 @@ def server_index(client: Any) -> str:
 
 def run_http(
     backend: Backend, result: BackendResult, item_ids: np.ndarray, *, queries: int, warmup: int, blocks: int,
-    upload_batch: int, log_dir: Path, index_kind: str = "auto",
+    upload_batch: int, log_dir: Path, index_kind: str = "auto", metadata_in_memory: bool = True,
 ) -> None:
     """Server process: HTTP search idle (item and text queries) and in blocks alternating with uploads."""
     import httpx
 
-    settings = make_settings(backend.url, backend.data_dir, port=free_port(), index_kind=index_kind)
+    settings = make_settings(backend.url, backend.data_dir, port=free_port(), index_kind=index_kind,
+                             metadata_in_memory=metadata_in_memory)  # fmt: skip
     server = ServerProcess(settings, log_dir / f"server-{backend.name.lower()}.log")
     rng = np.random.default_rng(3)
     try:
@@ -736,7 +744,7 @@ def run_backend(backend: Backend, codec: PQVAECodec, encoder: Any, args: argpars
     item_ids = None
     for position, setting in enumerate(args.kinds):
         data_dir = backend.data_dir if setting == server_kind else backend.data_dir / f"kind-{setting}"
-        settings = make_settings(backend.url, data_dir, index_kind=setting)
+        settings = make_settings(backend.url, data_dir, index_kind=setting, metadata_in_memory=args.metadata_in_memory)
         db = semstore.connect(backend.url, settings=settings, encoder_factory=lambda _m, _p: encoder)
         try:
             if position == 0:
@@ -763,6 +771,7 @@ def run_backend(backend: Backend, codec: PQVAECodec, encoder: Any, args: argpars
         run_http(
             backend, result, item_ids, queries=args.http_queries, warmup=args.warmup, blocks=args.blocks,
             upload_batch=args.upload_batch, log_dir=log_dir, index_kind=server_kind,
+            metadata_in_memory=args.metadata_in_memory,
         )
     return result
 
@@ -891,6 +900,8 @@ def format_facts(results: Sequence[BackendResult]) -> str:
                      + per(kind_fact(setting, lambda k: f"{k.kind} in {k.build_s:.2f} s")) + " |")
         lines.append(f"| index_kind={setting}: RAM per item (`index.bytes_per_item`) | "
                      + per(kind_fact(setting, lambda k: f"{k.ram_bytes_per_item:.1f} B")) + " |")
+        lines.append(f"| index_kind={setting}: metadata columns in RAM per item (keys) | "
+                     + per(kind_fact(setting, lambda k: f"{k.metadata_bytes_per_item:.1f} B ({', '.join(k.metadata_keys) or 'none'})")) + " |")
     lines += [
         f"| codes per item | {per(lambda r: f'{r.code_bytes} B')} |",
         (
@@ -1082,6 +1093,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="index_kind settings timed in process, one after the other; the server runs with the last "
                              "(default: exhaustive auto; auto is the product default: IVF from ivf_min_items items on)")
     parser.add_argument("--no-server", action="store_true", help="skip the HTTP part")
+    parser.add_argument("--sql-filters", dest="metadata_in_memory", action="store_false",
+                        help="answer filters from the database (metadata_in_memory=False), not the in-memory columns")
     parser.add_argument("--no-analyze", action="store_true", help="PostgreSQL: no VACUUM (ANALYZE) after the fill")
     parser.add_argument("--profile", choices=["missed", "all", "none"], default="missed",
                         help="cProfile the in-process cases that miss their target (default), all, or none")

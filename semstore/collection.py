@@ -21,7 +21,7 @@ from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.files import is_inside, read_regular_file
 from semstore.filter_cache import FilterCache, filter_key
-from semstore.index.adc import GATHER_SUBSET_MAX
+from semstore.filtered_search import ColumnsFilter, DatabaseFilter, FilterSource, filtered_search
 from semstore.ingest.images import content_hash, open_image
 from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
 from semstore.names import UnsafePathError
@@ -37,11 +37,6 @@ if TYPE_CHECKING:
 
 #: Candidates re-scored exactly (decoded, cosine) by default after the ADC pass.
 DEFAULT_RERANK = 100
-#: A filtered search first checks the best max(FACTOR * depth, MIN) ADC candidates against
-#: the filter, and widens that once, to at most MAX candidates, for a selective filter.
-POST_FILTER_FACTOR = 4
-POST_FILTER_MIN = 256
-POST_FILTER_MAX = 16_384
 
 
 class QueryError(ValueError):
@@ -86,6 +81,9 @@ class CollectionStats:
     index_bytes_per_item: float | None = None
     index_nlist: int | None = None
     index_nprobe: int | None = None
+    #: The metadata keys held in memory beside the index (filters on them need no SQL), and their RAM per item.
+    metadata_keys_in_memory: tuple[str, ...] = ()
+    metadata_bytes_per_item: float | None = None
 
 
 class Collection:
@@ -110,7 +108,8 @@ class Collection:
         self._codec_lock = threading.Lock()
         # Serialises this process's writers of the collection; searches never take it.
         self._write_lock = threading.RLock()
-        self.filters = FilterCache()
+        self.filters = FilterCache()  # matching ids read from the database, per revision
+        self.column_filters = FilterCache()  # matching ids found in the index service's metadata columns
 
     # -- components ----------------------------------------------------------------------
     @property
@@ -289,8 +288,10 @@ class Collection:
                 item = storage.update_item_metadata(
                     session, collection_id=self.id, item_id=item_id, metadata=dict(metadata), replace=replace
                 )
-            service.applied()  # metadata lives in the database only; filters read it there
-            return dict(item.metadata_ or {})
+                stored = dict(item.metadata_ or {})
+                metadata_revision = storage.metadata_revision(session, collection_id=self.id)
+            service.apply_metadata(item_id, stored, metadata_revision)
+            return stored
 
     # -- reading -------------------------------------------------------------------------
     def get(self, item_id: int) -> SearchHit:
@@ -498,56 +499,15 @@ class Collection:
         self, index: SearchIndex, vector: np.ndarray, k: int, rerank: int | None, where: dict[str, Any],
         reader: storage.Reader, selective: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, int | None]:
-        """The search restricted to items matching ``where``, exact w.r.t. the filter; and the
-        revision of the remembered matching ids it used (None: it looked them up now).
-
-        A selective filter seen recently has its matching ids in :attr:`filters`: only they
-        are scored (the caller checks that the collection is still at their revision).
-        Otherwise post-filter first: the best ADC candidates of the whole index are checked
-        against the filter (a lookup among those ids only). When at least ``depth`` of them
-        match, the best ``depth`` matching items are among them, so that is the exact answer.
-        Else the filter is selective: with a few matches seen, once more over proportionally
-        more candidates; with none, the matching ids are looked up by the metadata index
-        (and remembered) and only they are scored. ``selective``: the filter is known to
-        match few items (its remembered ids were just found out of date): look them up at once;
-        so does a filter whose last known match count says the probe would fall short.
-        """
-        key = filter_key(where)
-        remembered = self.filters.get(key)
-        if remembered is not None:
-            revision, allowed = remembered
-            return (*self._search_allowed(index, vector, k, rerank, allowed), revision)
-        depth = k if rerank is None else max(int(rerank), k)
-        total = len(index)
-        probe = min(total, max(POST_FILTER_FACTOR * depth, POST_FILTER_MIN))
-        # A match count from an earlier lookup (it outlives writes: an estimate) that says the
-        # probe would find fewer than depth matches, and the lookup is cheap: skip the probe.
-        known = self.filters.count(key)
-        if selective or (known is not None and known <= GATHER_SUBSET_MAX and known * probe < depth * total):
-            probe = total
-        while probe < total:  # (a probe of every item would only cost more than the lookup)
-            _, candidates = index.search(vector, probe)
-            candidates = candidates[0][candidates[0] >= 0]
-            matching = storage.filter_item_ids(reader, collection_id=self.id, where=where, among=candidates.tolist())
-            if len(matching) >= depth:
-                return (*index.search(vector, k, rerank=rerank, allowed_ids=matching), None)
-            if len(matching) * total <= GATHER_SUBSET_MAX * probe:
-                break  # about that many items match in all: cheaper to look them up and score them all
-            wider = int(2 * depth * probe / len(matching))
-            if wider > POST_FILTER_MAX or probe >= POST_FILTER_MAX:
-                break
-            probe = min(total, wider)
-        allowed, stored = storage.filter_item_ids_with_revision(reader, collection_id=self.id, where=where)
-        self.filters.put(key, stored.revision, allowed)
-        return (*self._search_allowed(index, vector, k, rerank, allowed), None)
-
-    @staticmethod
-    def _search_allowed(
-        index: SearchIndex, vector: np.ndarray, k: int, rerank: int | None, allowed: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if allowed.size == 0:
-            return np.full((1, k), -np.inf, dtype=np.float32), np.full((1, k), -1, dtype=np.int64)
-        return index.search(vector, k, rerank=rerank, allowed_ids=allowed)
+        """:func:`semstore.filtered_search.filtered_search` with the filter answered from the
+        metadata columns beside the index when they hold its keys (no SQL), else from the database."""
+        columns = self.index_service.columns
+        source: FilterSource
+        if columns is not None and columns.covers(where):
+            source = ColumnsFilter(columns, where, self.column_filters)
+        else:
+            source = DatabaseFilter(reader, self.id, where, self.filters)
+        return filtered_search(index, vector, k, rerank, source, selective=selective)
 
     def classify(
         self, labels: Sequence[str], *, template: str = "a photo of a {}.", progress: bool = False
@@ -593,6 +553,8 @@ class Collection:
             index_bytes_per_item=round(described.bytes_per_item, 3) if described else None,
             index_nlist=described.nlist if described else None,
             index_nprobe=described.nprobe if described else None,
+            metadata_keys_in_memory=described.metadata_keys if described else (),
+            metadata_bytes_per_item=round(described.metadata_bytes / described.items, 3) if described and described.items else None,
         )
 
     # -- internals -----------------------------------------------------------------------
@@ -639,3 +601,4 @@ class Collection:
             self.index  # noqa: B018 - caught up too, should another process have written meanwhile
         if not self.index_service.migrate_if_needed():  # a switch of index kind saves by itself
             self.index_service.save()
+

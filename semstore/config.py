@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     ivf_min_items: int = Field(default=1_000_000, ge=1, description="With index_kind auto, collections this large use the IVF index.")
     ivf_nlist: int | None = Field(default=None, ge=1, description="Lists of a new IVF index (default: about sqrt of the item count).")
     ivf_nprobe: int = Field(default=32, ge=1, description="Lists an IVF search scans (more: higher recall, slower).")
+    metadata_in_memory: bool = Field(
+        default=True,
+        description="Hold the items' filterable metadata in memory beside the index (filters then need no SQL).",
+    )
+    metadata_max_distinct: int = Field(
+        default=65_536, ge=1,
+        description="Keys with more distinct values than this stay in the database only (filters on them use SQL).",
+    )  # fmt: skip
 
     # -- HTTP server -------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface the HTTP server listens on.")

@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,7 +37,8 @@ from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.index import ADCIndex, IndexLoadError
 from semstore.index.ivf_index import DEFAULT_NPROBE, IVFIndex
-from semstore.replica import catch_up
+from semstore.index.metadata_columns import DEFAULT_MAX_DISTINCT, MetadataColumns, metadata_postings
+from semstore.replica import CatchUp, catch_up
 
 if TYPE_CHECKING:
     from semstore.config import Settings
@@ -65,10 +66,16 @@ class IndexPolicy:
     ivf_min_items: int = 1_000_000
     nlist: int | None = None
     nprobe: int = DEFAULT_NPROBE
+    #: Hold the filterable metadata in memory beside the index (None: never), up to this many
+    #: distinct values per key (see :mod:`semstore.index.metadata_columns`).
+    metadata_max_distinct: int | None = DEFAULT_MAX_DISTINCT
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IndexPolicy:
-        return cls(settings.index_kind, settings.ivf_min_items, settings.ivf_nlist, settings.ivf_nprobe)
+        return cls(
+            settings.index_kind, settings.ivf_min_items, settings.ivf_nlist, settings.ivf_nprobe,
+            settings.metadata_max_distinct if settings.metadata_in_memory else None,
+        )  # fmt: skip
 
     def wants_ivf(self, codec: PQVAECodec, items: int, current: SearchIndex | None = None) -> bool:
         """Whether ``items`` items under ``codec`` call for IVF (with hysteresis around the threshold)."""
@@ -95,6 +102,8 @@ class IndexState:
     bytes_per_item: float
     nlist: int | None = None
     nprobe: int | None = None
+    metadata_keys: tuple[str, ...] = ()
+    metadata_bytes: int = 0
 
 
 class IndexService:
@@ -124,6 +133,8 @@ class IndexService:
         self._directory = directory
         self.policy = policy or IndexPolicy()
         self._index: SearchIndex | None = None
+        self._columns: MetadataColumns | None = None  # the items' metadata, beside the index
+        self._columns_metadata_revision = -1  # the collection's metadata revision they reflect
         self._codec_id: int | None = None
         self._revision = -1  # the revision the index reflects fully (-1: none yet)
         self._applied: set[int] = set()  # own revisions above it, already applied
@@ -140,6 +151,12 @@ class IndexService:
     def loaded(self) -> SearchIndex | None:
         """The index if one is in memory (never builds, loads or checks freshness)."""
         return self._index
+
+    @property
+    def columns(self) -> MetadataColumns | None:
+        """The filterable metadata of the index's items, in step with it (None: not held,
+        e.g. while the index loads, or when the policy keeps metadata in the database only)."""
+        return self._columns
 
     @property
     def revision(self) -> int:
@@ -190,6 +207,7 @@ class IndexService:
                 index, same_codec = self._index, stored.codec_id == self._codec_id
             if index is not None and same_codec:
                 done = catch_up(index, sessions=self._sessions, collection_id=self._collection_id, shard=self.shard)
+                self._catch_up_columns(done)
                 self._settle(done.version.revision)
                 with self._state:
                     self._unsaved += done.added + done.removed
@@ -213,13 +231,50 @@ class IndexService:
                 done = catch_up(index, sessions=self._sessions, collection_id=self._collection_id, shard=self.shard)
                 self._settle(done.version.revision)
                 self.save(force=True)  # so the next start loads this state
+            self._reload_columns()
             return index
         revision, index = self._build(codec, None)
         with self._state:
             self._index, self._codec_id, self._revision = index, codec_id, revision
             self._applied.clear()
+        self._reload_columns()
         self.save(force=True)
         return index
+
+    # -- the metadata columns (under ``_apply``) -------------------------------------------
+    def _reload_columns(self) -> None:
+        """Read the collection's filterable metadata into new columns (read after the index's
+        state: they may hold newer rows than the index, never older ones)."""
+        limit = self.policy.metadata_max_distinct
+        if limit is None:
+            return
+        started = time.perf_counter()
+        with self._sessions() as session:
+            metadata_revision = storage.metadata_revision(session, collection_id=self._collection_id)
+            values = list(storage.collection_values(session, collection_id=self._collection_id, shard=self.shard))
+        columns = MetadataColumns(max_distinct=limit)
+        if values:
+            ids = np.unique(np.concatenate([ids for *_, ids in values]))
+            columns.set_terms(ids, ((key, (kind, value), ids) for key, kind, value, ids in values))
+        self._columns, self._columns_metadata_revision = columns, metadata_revision
+        logger.debug("collection %s: metadata columns of %d items read in %.3f s (%s)",
+                     self._collection_id, len(columns), time.perf_counter() - started, columns)  # fmt: skip
+
+    def _catch_up_columns(self, done: CatchUp) -> None:
+        """Apply what a catch-up of the index added and removed to the columns (before the
+        revisions it reached count as reflected); reload them when metadata changed."""
+        columns = self._columns
+        if columns is None:
+            return
+        if done.metadata_revision != self._columns_metadata_revision:
+            self._reload_columns()  # another process changed some item's metadata
+            return
+        if done.added_ids.size:
+            with self._sessions() as session:
+                found = storage.item_postings(session, collection_id=self._collection_id, ids=done.added_ids.tolist())
+            columns.set_items(done.added_ids, [(i, key, (kind, value)) for i, key, kind, value in found])
+        if done.removed_ids.size:
+            columns.remove(done.removed_ids)
 
     def _build(self, codec: PQVAECodec, current: SearchIndex | None) -> tuple[int, SearchIndex]:
         """A new index of the kind the policy wants, from every stored row; ``(revision, index)``."""
@@ -275,6 +330,7 @@ class IndexService:
                 self._index, self._revision, self._saved_revision = new, revision, -1
                 self._applied = {r for r in self._applied if r > revision}
             done = catch_up(new, sessions=self._sessions, collection_id=self._collection_id, shard=self.shard)
+            self._catch_up_columns(done)
             self._settle(done.version.revision)
             self.save(force=True)
             return True
@@ -327,21 +383,56 @@ class IndexService:
         with self._state:
             self._in_flight.update(revisions)
 
-    def apply_added(self, ids: np.ndarray, codes: np.ndarray) -> None:
+    def apply_added(
+        self, ids: np.ndarray, codes: np.ndarray, metadata: Sequence[Mapping[str, Any] | None] | None = None
+    ) -> None:
         """Add the rows this thread just committed to the index (if one is loaded; a shard's
-        index takes only its own)."""
+        index takes only its own), with each row's metadata (None: none)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = list(metadata) if metadata is not None else [None] * len(ids)
         if self.shard is not None:
             mine = self.shard.holds(ids)
-            ids, codes = np.asarray(ids)[mine], np.asarray(codes)[mine]
-        self._apply_own(lambda index: index.add(ids, codes, skip_present=True))
+            ids, codes, rows = ids[mine], np.asarray(codes)[mine], [m for m, keep in zip(rows, mine) if keep]
+
+        def change(index: SearchIndex) -> int:
+            added = index.add(ids, codes, skip_present=True)
+            self._set_own_metadata(ids, rows)
+            return int(added or 0)
+
+        self._apply_own(change)
 
     def apply_removed(self, ids: np.ndarray) -> None:
         """Remove the rows this thread just deleted from the index (if one is loaded)."""
-        self._apply_own(lambda index: index.remove(ids))
 
+        def change(index: SearchIndex) -> int:
+            removed = index.remove(ids)
+            if self._columns is not None:
+                self._columns.remove(ids)
+            return int(removed or 0)
+
+        self._apply_own(change)
+
+    def apply_metadata(self, item_id: int, metadata: Mapping[str, Any], metadata_revision: int) -> None:
+        """The metadata of an item this thread just committed (``metadata_revision``: the
+        collection's, as that transaction committed it)."""
+
+        def change(_: SearchIndex) -> None:
+            if self.shard is not None and not bool(self.shard.holds([item_id])[0]):
+                return
+            self._set_own_metadata(np.asarray([item_id], dtype=np.int64), [metadata])
+            if metadata_revision == self._columns_metadata_revision + 1:
+                self._columns_metadata_revision = metadata_revision
+            # (otherwise another process changed metadata in between: the next catch-up reloads)
+
+        self._apply_own(change)
+
+    def _set_own_metadata(self, ids: np.ndarray, rows: Sequence[Mapping[str, Any] | None]) -> None:
+        if self._columns is not None:
+            postings = [p for item_id, row in zip(ids.tolist(), rows) for p in metadata_postings(item_id, row)]
+            self._columns.set_items(ids, postings)
 
     def applied(self) -> None:
-        """This thread's committed writes need no index change (e.g. metadata only)."""
+        """This thread's committed writes need no index change."""
         self._apply_own(lambda index: None)
 
     def _apply_own(self, change: Callable[[SearchIndex], object]) -> None:
@@ -365,6 +456,7 @@ class IndexService:
         """The collection got a (new) codec: the next access builds an index for it."""
         with self._apply, self._state:
             self._index, self._codec_id, self._revision, self._saved_revision = None, None, -1, -1
+            self._columns, self._columns_metadata_revision = None, -1
             self._applied.clear()
             self._in_flight.clear()
 
@@ -408,6 +500,8 @@ class IndexService:
             bytes_per_item=index.bytes_per_item,
             nlist=index.nlist if ivf else None,
             nprobe=index.nprobe if ivf else None,
+            metadata_keys=tuple(columns.keys) if (columns := self._columns) is not None else (),
+            metadata_bytes=columns.memory_bytes if columns is not None else 0,
         )
 
     def __repr__(self) -> str:

@@ -15,7 +15,7 @@ repairs whatever a concurrent writer changed during a catch-up.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +36,11 @@ class CatchUp:
     added: int
     removed: int
     full_compare: bool
+    #: The ids added to and removed from the index, and the collection's metadata revision as
+    #: read before anything else (what in-memory metadata columns catch up with).
+    added_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    removed_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    metadata_revision: int = 0
 
 
 def catch_up(
@@ -52,6 +57,8 @@ def catch_up(
     ids = index.ids()
     top = int(ids.max()) if ids.size else 0
     added = removed = 0
+    added_parts: list[np.ndarray] = []
+    removed_ids = np.empty(0, dtype=np.int64)
     if state.max_id > top:
         with sessions() as session:
             new_ids, new_codes = storage.load_codes(
@@ -65,25 +72,30 @@ def catch_up(
             )
         index.add(new_ids, new_codes, skip_present=True)
         added += len(new_ids)
+        added_parts.append(np.asarray(new_ids, dtype=np.int64))
     held = index.ids()
     full = len(held) != state.count or _id_sum(held) != state.id_sum % _SUM_MODULUS
     if full:
         with sessions() as session:
             stored = storage.item_ids(session, collection_id=collection_id, up_to_id=state.max_id, shard=shard)
-        removed = index.remove(np.setdiff1d(held, stored, assume_unique=True))
+        removed_ids = np.setdiff1d(held, stored, assume_unique=True)
+        removed = index.remove(removed_ids)
         missing = np.setdiff1d(stored, held, assume_unique=True)
         if missing.size:
-            added += _add_rows(index, sessions, collection_id, missing)
+            found = _add_rows(index, sessions, collection_id, missing)
+            added += len(found)
+            added_parts.append(found)
     version = IndexVersion(codec.content_hash, state.count, state.max_id, state.revision)
     logger.debug("collection %s: index caught up to %s (+%d -%d, full compare %s)", collection_id, version, added, removed, full)
-    return CatchUp(version, added, removed, full)
+    added_ids = np.concatenate(added_parts) if added_parts else np.empty(0, dtype=np.int64)
+    return CatchUp(version, added, removed, full, added_ids, removed_ids, state.metadata_revision)
 
 
 def _id_sum(ids: np.ndarray) -> int:
     return int(ids.astype(np.uint64).sum(dtype=np.uint64))  # wraps modulo 2**64, like the SQL sum taken modulo
 
 
-def _add_rows(index: ADCIndex, sessions: sessionmaker[Session], collection_id: int, ids: np.ndarray) -> int:
+def _add_rows(index: ADCIndex, sessions: sessionmaker[Session], collection_id: int, ids: np.ndarray) -> np.ndarray:
     codec = index.codec
     dtype = codec.code_dtype.newbyteorder("<")
     with sessions() as session:
@@ -91,6 +103,6 @@ def _add_rows(index: ADCIndex, sessions: sessionmaker[Session], collection_id: i
         found = np.asarray([row.id for row in rows], dtype=np.int64)
         codes = np.stack([np.frombuffer(row.codes, dtype=dtype) for row in rows]) if rows else None
     if codes is None:
-        return 0
+        return found
     index.add(found, codes.astype(codec.code_dtype), skip_present=True)
-    return len(found)
+    return found

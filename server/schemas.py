@@ -111,6 +111,10 @@ class CollectionOut(BaseModel):
     index_bytes_per_item: float | None = Field(default=None, description="RAM of the loaded index per item (codes + ids).")
     index_nlist: int | None = Field(default=None, description="Inverted lists of an IVF index.")
     index_nprobe: int | None = Field(default=None, description="Lists an IVF search scans.")
+    metadata_keys_in_memory: list[str] = Field(
+        default_factory=list, description="Metadata keys held in memory beside the index (filters on them need no SQL)."
+    )
+    metadata_bytes_per_item: float | None = Field(default=None, description="RAM of those metadata columns per item.")
 
 
 class CollectionList(BaseModel):

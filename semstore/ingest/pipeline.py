@@ -112,15 +112,15 @@ class _Pending:
     skipped: int
 
 
-ItemsAdded = Callable[[np.ndarray, np.ndarray], None]
+ItemsAdded = Callable[[np.ndarray, np.ndarray, list[Mapping[str, Any] | None]], None]
 CodecFactory = Callable[[int], PQVAECodec]
 
 
 class IngestPipeline:
     """Adds image files to one collection. Components are passed in so tests can swap them.
 
-    ``on_items_added(ids, codes)`` is called after every committed batch (e.g. to update an
-    in-memory search index).
+    ``on_items_added(ids, codes, metadata)`` is called after every committed batch (e.g. to
+    update an in-memory search index and its metadata columns).
     """
 
     def __init__(
@@ -327,7 +327,7 @@ class IngestPipeline:
         report.added += len(ids)
         report.added_items.extend((items[k].source_uri, int(i)) for k, i in zip(kept, ids))
         if self._on_items_added is not None and ids:
-            self._on_items_added(np.asarray(ids, dtype=np.int64), codes[kept])
+            self._on_items_added(np.asarray(ids, dtype=np.int64), codes[kept], [items[k].metadata for k in kept])
 
 
 # -- stages shared with the distributed pipeline (semstore.distributed) ----------------------

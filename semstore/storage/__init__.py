@@ -36,6 +36,7 @@ from semstore.storage.errors import (
     StorageError,
 )
 from semstore.storage.filters import filter_item_ids, filter_item_ids_with_revision
+from semstore.storage.metadata_reads import ItemPosting, ValueIds, collection_values, item_postings
 from semstore.storage.search_reads import HitRow, SearchReads
 from semstore.storage.shards import Shard, shards_of
 from semstore.storage.migrate import current_revision, head_revision, require_database, upgrade_head
@@ -74,11 +75,17 @@ from semstore.storage.repository import (
     source_uris_by_hash,
     touch_api_key,
     update_item_metadata,
+    metadata_revision,
     written_revisions,
     forget_written_revisions,
 )
 
 __all__ = [
+    "ItemPosting",
+    "ValueIds",
+    "collection_values",
+    "item_postings",
+    "metadata_revision",
     "API_KEY_SCOPES",
     "SQLITE_PRAGMAS",
     "Shard",

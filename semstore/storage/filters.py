@@ -43,9 +43,9 @@ def filter_item_ids(
     _check_where(where)
     if among is not None and len(among) == 0:
         return np.empty(0, dtype=np.int64)
-    connection, dialect = _connection(reader)
+    connection, dialect = reader_connection(reader)
     sql, params = _matching_statement(dialect, collection_id, where, among, with_revision=False)
-    return np.sort(_unpack_ids(connection.exec_driver_sql(sql, params).scalar()))
+    return np.sort(unpack_ids(connection.exec_driver_sql(sql, params).scalar()))
 
 
 def filter_item_ids_with_revision(
@@ -54,12 +54,12 @@ def filter_item_ids_with_revision(
     """:func:`filter_item_ids` and the collection's revision, read in one statement (so the
     ids are exactly those of that revision: what a cache of filter results is keyed by)."""
     _check_where(where)
-    connection, dialect = _connection(reader)
+    connection, dialect = reader_connection(reader)
     sql, params = _matching_statement(dialect, collection_id, where, None, with_revision=True)
     row = connection.exec_driver_sql(sql, params).one_or_none()
     if row is None:
         raise CollectionNotFoundError(f"no collection with id {collection_id}")
-    return np.sort(_unpack_ids(row[2])), CollectionRevision(int(row[0]), row[1])
+    return np.sort(unpack_ids(row[2])), CollectionRevision(int(row[0]), row[1])
 
 
 def _check_where(where: Mapping[str, MetadataValue]) -> None:
@@ -72,7 +72,7 @@ def _check_where(where: Mapping[str, MetadataValue]) -> None:
             raise ValueError(f"metadata filter value for {key!r} must be finite")
 
 
-def _connection(reader: Reader) -> tuple[Connection, str]:
+def reader_connection(reader: Reader) -> tuple[Connection, str]:
     connection = reader.connection() if isinstance(reader, Session) else reader
     dialect = connection.dialect.name
     if dialect not in _DIALECTS:
@@ -155,7 +155,7 @@ def _render(dialect: str, kinds: tuple[str, ...], among: bool, with_revision: bo
     return f"SELECT c.revision, c.codec_id, ({ids}) FROM collections AS c WHERE c.id = {p}"
 
 
-def _unpack_ids(packed: Any) -> np.ndarray:
+def unpack_ids(packed: Any) -> np.ndarray:
     if packed is None:
         return np.empty(0, dtype=np.int64)
     if isinstance(packed, str):

@@ -2,7 +2,7 @@
 
 Only compressed codes are persisted: no column anywhere holds a float embedding.
 The Alembic revisions in ``migrations/versions/`` (0001 creates the tables, 0002 compacts
-``items``) build exactly these models; a test checks that the migrated schema and the
+``items``, 0003-0005 add filter postings and counters) build exactly these models; a test checks that the migrated schema and the
 models agree.
 """
 
@@ -85,6 +85,8 @@ class Collection(Base):
     codec_id: Mapped[int | None] = mapped_column(ForeignKey("codecs.id"), nullable=True)
     # Bumped on every item add/delete/metadata change so replicas can detect a stale index.
     revision: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Bumped when an existing item's metadata changes, so in-memory metadata columns know when to reload.
+    metadata_revision: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=NOW)
 
     def __repr__(self) -> str:

@@ -113,10 +113,11 @@ def _is_unique_violation(exc: IntegrityError) -> bool:
 REVISIONS_WRITTEN = "semstore.revisions_written"
 
 
-def _bump_revision(session: Session, collection_id: int) -> None:
-    result = session.execute(
-        update(Collection).where(Collection.id == collection_id).values(revision=Collection.revision + 1)
-    )
+def _bump_revision(session: Session, collection_id: int, *, metadata_changed: bool = False) -> None:
+    bumps: dict[str, Any] = {"revision": Collection.revision + 1}
+    if metadata_changed:
+        bumps["metadata_revision"] = Collection.metadata_revision + 1
+    result = session.execute(update(Collection).where(Collection.id == collection_id).values(**bumps))
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise CollectionNotFoundError(f"no collection with id {collection_id}")
     # The row is now locked by this transaction, so this is exactly the revision it commits as;
@@ -359,7 +360,7 @@ def update_item_metadata(
     item = get_item(session, collection_id=collection_id, item_id=item_id)
     merged = check_metadata(dict(metadata) if replace else {**(item.metadata_ or {}), **metadata})
     item.metadata_ = merged  # a new dict, so the JSON change is detected
-    _bump_revision(session, collection_id)
+    _bump_revision(session, collection_id, metadata_changed=True)
     session.flush()
     return item
 
@@ -460,19 +461,30 @@ class CollectionFingerprint(NamedTuple):
     count: int
     max_id: int
     id_sum: int
+    metadata_revision: int = 0
 
 
 def collection_fingerprint(session: Session, *, collection_id: int, shard: Shard | None = None) -> CollectionFingerprint:
     """Revision, item count, largest id (0 when empty) and sum of ids of the collection (of
     ``shard``'s items only, if given; the revision is the collection's)."""
-    revision = session.scalar(select(Collection.revision).where(Collection.id == collection_id))
-    if revision is None:
+    counters = session.execute(
+        select(Collection.revision, Collection.metadata_revision).where(Collection.id == collection_id)
+    ).one_or_none()
+    if counters is None:
         raise CollectionNotFoundError(f"no collection with id {collection_id}")
     stmt = select(func.count(Item.id), func.max(Item.id), func.sum(Item.id)).where(Item.collection_id == collection_id)
     if shard is not None:
         stmt = stmt.where(shard.condition(Item.id))
     count, max_id, id_sum = session.execute(stmt).one()
-    return CollectionFingerprint(int(revision), int(count), int(max_id or 0), int(id_sum or 0))
+    return CollectionFingerprint(int(counters[0]), int(count), int(max_id or 0), int(id_sum or 0), int(counters[1]))
+
+
+def metadata_revision(session: Session, *, collection_id: int) -> int:
+    """How many times the metadata of the collection's existing items changed (see migration 0005)."""
+    found = session.scalar(select(Collection.metadata_revision).where(Collection.id == collection_id))
+    if found is None:
+        raise CollectionNotFoundError(f"no collection with id {collection_id}")
+    return int(found)
 
 
 def item_ids(

@@ -1,6 +1,7 @@
 """Filtered search (issue #15): exact with respect to the filter at every selectivity, served
-by the metadata index (no scan of every item's metadata), kept in step on update and delete.
-SQLite and PostgreSQL."""
+by the metadata columns held beside the index (no SQL) or by the database's metadata postings
+(no scan of every item's metadata), kept in step on update and delete, by this process or
+another. SQLite and PostgreSQL; ``source`` is where the filter is answered."""
 
 from __future__ import annotations
 
@@ -21,11 +22,17 @@ from tests.e2e.conftest import encode, make_image
 COUNT = 200
 
 
-def _settings(root: Path, url: str) -> Settings:
+def _settings(root: Path, url: str, *, in_memory: bool = True) -> Settings:
     return Settings(
         data_dir=root / "data", database_url=url, model=TINY_TEST_MODEL, pretrained=None,
-        codec_num_subvectors=8, batch_size=32, codec_bootstrap_size=64,
+        codec_num_subvectors=8, batch_size=32, codec_bootstrap_size=64, metadata_in_memory=in_memory,
     )  # fmt: skip
+
+
+@pytest.fixture(params=["columns", "sql"])
+def source(request: pytest.FixtureRequest) -> str:
+    """Where filters are answered: the in-memory metadata columns, or the database."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +46,9 @@ def codec(tmp_path_factory: pytest.TempPathFactory) -> PQVAECodec:
 
 
 @pytest.fixture
-def photos(db_url: str, tmp_path: Path, codec: PQVAECodec) -> semstore.Collection:
-    collection = semstore.connect(settings=_settings(tmp_path, db_url)).create_collection("photos", codec=codec)
+def photos(db_url: str, tmp_path: Path, codec: PQVAECodec, source: str) -> semstore.Collection:
+    settings = _settings(tmp_path, db_url, in_memory=source == "columns")
+    collection = semstore.connect(settings=settings).create_collection("photos", codec=codec)
     report = collection.add_images([(f"{i}.png", encode(make_image(i, size=40), "PNG")) for i in range(COUNT)])
     assert report.added == COUNT
     with storage.transaction(collection.database.sessions) as session:  # each item its own metadata, one commit
@@ -88,7 +96,7 @@ def test_filtered_results_equal_brute_force(
 ) -> None:
     # With 8 the first probe is a small candidate list (not every item), so the post-filter
     # path (filter lookups among candidate ids) runs too, not only the full lookup.
-    monkeypatch.setattr(semstore.collection, "POST_FILTER_MIN", post_filter_min)
+    monkeypatch.setattr(semstore.filtered_search, "POST_FILTER_MIN", post_filter_min)
     allowed = _ids_with(photos, predicate)
     checked = 0
     for seed in range(2):
@@ -103,25 +111,30 @@ def test_filtered_results_equal_brute_force(
     assert checked == 2 * sum(min(k, len(allowed)) for k in (5, 10, 50))
 
 
-def test_a_selective_filter_reads_the_metadata_index_not_every_row(photos: semstore.Collection) -> None:
+def test_a_selective_filter_reads_the_metadata_index_not_every_row(photos: semstore.Collection, source: str) -> None:
     query = photos.embed_query(text="x")
     photos.search_vector(query, k=5)
+    assert (photos.index_service.columns is not None) == (source == "columns")
     seen: list[str] = []
 
     def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
         seen.append(" ".join(statement.split()).lower())
 
+    expected = _ids_with(photos, lambda m: m.get("rare") is True).tolist()
     engines = {photos.database.engine, photos.database.reads}  # (the search path reads through the second)
     for engine in engines:
         event.listen(engine, "before_cursor_execute", record)
     try:
-        assert [hit.id for hit in photos.search_vector(query, k=5, where={"rare": True})] == _ids_with(photos, lambda m: m.get("rare") is True).tolist()
+        assert [hit.id for hit in photos.search_vector(query, k=5, where={"rare": True})] == expected
         assert photos.search_vector(query, k=5, where={"tag": "nobody"}) == []
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", record)
     filters = [s for s in seen if "item_metadata" in s]
-    assert filters, seen
+    if source == "columns":
+        assert not filters and len(seen) == 2, seen  # one statement per search: its hit rows
+    else:
+        assert filters, seen
     # no per-row JSON scan (SQLite json_each over items.metadata, PostgreSQL containment on items)
     assert not [s for s in seen if "json_each(items.metadata" in s or "@>" in s], seen
 
@@ -141,6 +154,7 @@ def test_the_metadata_index_follows_updates_and_deletes(photos: semstore.Collect
     assert len(others) == COUNT // 2 - 1 and first not in {hit.id for hit in others}  # item 7 had half = 1
 
 
+@pytest.mark.parametrize("source", ["sql"])
 def test_a_repeated_filter_reuses_its_ids_until_any_process_writes(photos: semstore.Collection, tmp_path: Path) -> None:
     query = photos.embed_query(text="x")
     engines = {photos.database.engine, photos.database.reads}
@@ -172,10 +186,11 @@ def test_a_repeated_filter_reuses_its_ids_until_any_process_writes(photos: semst
             event.remove(engine, "before_cursor_execute", record)
 
 
+@pytest.mark.parametrize("source", ["sql"])
 def test_a_known_match_count_skips_the_probe_and_a_stale_one_stays_exact(
     photos: semstore.Collection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(semstore.collection, "POST_FILTER_MIN", 8)  # k = 5, no re-rank: a 20-item probe
+    monkeypatch.setattr(semstore.filtered_search, "POST_FILTER_MIN", 8)  # k = 5, no re-rank: a 20-item probe
     query = photos.embed_query(text="x")
     where = {"tag": "t3"}
     probes: list[int] = []
@@ -207,3 +222,102 @@ def test_a_known_match_count_skips_the_probe_and_a_stale_one_stays_exact(
     hits = photos.search_vector(query, k=10, where=where, rerank=None)
     np.testing.assert_allclose([hit.score for hit in hits], _brute_force(photos, query, allowed, 10, None), atol=2e-5)
     assert photos.filters.count(filter_key(where)) == len(allowed)
+
+
+def _statements(photos: semstore.Collection) -> tuple[list[str], object]:
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        seen.append(" ".join(statement.split()).lower())
+
+    engines = {photos.database.engine, photos.database.reads}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+
+    def stop() -> None:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+
+    return seen, stop
+
+
+@pytest.mark.parametrize("source", ["columns"])
+def test_the_columns_follow_own_and_foreign_writes_and_reload_only_for_foreign_metadata(
+    photos: semstore.Collection,
+) -> None:
+    query = photos.embed_query(text="x")
+    photos.search_vector(query, k=5)
+    service = photos.index_service
+    columns = service.columns
+    assert columns is not None and columns.keys == ["half", "rare", "score", "tag"]  # ("nested": not a scalar)
+
+    # own writes: applied in place, found without any filter SQL
+    (seven,) = _ids_with(photos, lambda m: m.get("rare") is True)
+    photos.update_metadata(int(seven), {"camera": "leica"})
+    added = photos.add_images([("new.png", encode(make_image(4321, size=40), "PNG"))], metadata={"camera": "leica"})
+    (new_id,) = [i for _, i in added.added_items]
+    seen, stop = _statements(photos)
+    try:
+        hits = photos.search_vector(query, k=5, where={"camera": "leica"})
+    finally:
+        stop()
+    assert sorted(hit.id for hit in hits) == sorted([int(seven), new_id])
+    assert service.columns is columns and not [s for s in seen if "item_metadata" in s], seen
+
+    # another process adds and deletes: caught up from the ids, no reload
+    other = semstore.connect(settings=photos.database.settings).collection("photos")
+    report = other.add_images([("other.png", encode(make_image(9876, size=40), "PNG"))], metadata={"camera": "leica"})
+    (other_id,) = [i for _, i in report.added_items]
+    other.delete([new_id])
+    assert sorted(h.id for h in photos.search_vector(query, k=5, where={"camera": "leica"})) == sorted([int(seven), other_id])
+    assert service.columns is columns
+    # another process changes metadata: the columns are read again
+    other.update_metadata(int(seven), {"camera": "nikon"})
+    other.database.close()
+    assert [h.id for h in photos.search_vector(query, k=5, where={"camera": "leica"})] == [other_id]
+    assert [h.id for h in photos.search_vector(query, k=5, where={"camera": "nikon"})] == [int(seven)]
+    assert service.columns is not columns and service.columns is not None
+    # the collection's stats show what the columns hold
+    state = service.describe()
+    assert state is not None and "camera" in state.metadata_keys and state.metadata_bytes > 0
+
+
+def test_a_key_with_too_many_values_is_answered_by_the_database(db_url: str, tmp_path: Path, photos: semstore.Collection) -> None:
+    settings = _settings(tmp_path, db_url).model_copy(update={"metadata_max_distinct": 50})  # "tag" has 100 values
+    narrow = semstore.connect(settings=settings).collection("photos")
+    query = narrow.embed_query(text="x")
+    narrow.search_vector(query, k=5)
+    columns = narrow.index_service.columns
+    assert columns is not None and "tag" not in columns.keys and "half" in columns.keys
+    seen, stop = _statements(narrow)
+    try:
+        for where in ({"tag": "t3"}, {"tag": "t3", "half": 1}):
+            allowed = _ids_with(narrow, lambda m, w=where: all(m.get(k) == v for k, v in w.items()))
+            hits = narrow.search_vector(query, k=5, where=where, rerank=None)
+            np.testing.assert_allclose([hit.score for hit in hits], _brute_force(narrow, query, allowed, 5, None), atol=2e-5)
+            assert {hit.id for hit in hits} <= set(allowed.tolist())
+    finally:
+        stop()
+    assert [s for s in seen if "item_metadata" in s], seen
+
+
+@pytest.mark.parametrize("source", ["columns"])
+def test_the_columns_know_a_selective_filter_before_its_first_use(photos: semstore.Collection, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(semstore.filtered_search, "POST_FILTER_MIN", 8)  # k = 5, no re-rank: a 20-item probe
+    query = photos.embed_query(text="x")
+    photos.search_vector(query, k=5)
+    index = photos.index
+    assert index is not None
+    probes: list[int] = []
+    real_search = type(index).search
+
+    def counting(self, queries, k, **options):  # noqa: ANN001, ANN003, ANN202
+        if not options:
+            probes.append(k)
+        return real_search(self, queries, k, **options)
+
+    monkeypatch.setattr(type(index), "search", counting)
+    photos.search_vector(query, k=5, where={"tag": "t3"}, rerank=None)  # 2 of 200: straight to the matching ids
+    assert probes == []
+    photos.search_vector(query, k=5, where={"half": 1}, rerank=None)  # 100 of 200: the probe finds enough
+    assert probes == [20]

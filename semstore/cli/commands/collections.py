@@ -103,6 +103,8 @@ def stats(
         ("index", (figures.index_kind or "none (no codec yet)") + (
             f" (nlist {figures.index_nlist}, nprobe {figures.index_nprobe})" if figures.index_nlist else "")),
         ("index RAM per item", f"{figures.index_bytes_per_item:g} B" if figures.index_bytes_per_item is not None else "-"),
+        ("metadata in memory", ", ".join(figures.metadata_keys_in_memory) or "-"),
+        ("metadata RAM per item", f"{figures.metadata_bytes_per_item:g} B" if figures.metadata_bytes_per_item is not None else "-"),
         ("index saved in", index_directory),
     ]
     print_table(None, ["", "value"], rows)

@@ -1,0 +1,89 @@
+"""MetadataColumns against a brute-force check of the filter over plain dicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semstore.index.metadata_columns import MetadataColumns, metadata_postings
+
+
+def brute(items: dict[int, dict], where: dict) -> list[int]:
+    def kind(value) -> str:
+        return "bool" if isinstance(value, bool) else "text" if isinstance(value, str) else "number"
+
+    def equal(a, b) -> bool:
+        return kind(a) == kind(b) and a == b
+
+    return sorted(i for i, meta in items.items() if all(k in meta and equal(meta[k], v) for k, v in where.items()))
+
+
+def load(columns: MetadataColumns, items: dict[int, dict]) -> None:
+    columns.set_items(items, [p for i, meta in items.items() for p in metadata_postings(i, meta)])
+
+
+def random_items(rng: np.random.Generator, ids) -> dict[int, dict]:
+    values = ["a", "b", 1, 1.0, 2, True, False, "1"]
+    items = {}
+    for i in ids:
+        meta = {}
+        for key in ("camera", "flag", "tag"):
+            if rng.random() < 0.7:
+                meta[key] = values[int(rng.integers(len(values)))]
+        items[int(i)] = meta
+    return items
+
+
+FILTERS = [{"camera": "a"}, {"camera": 1}, {"camera": True}, {"camera": "1"}, {"flag": False, "tag": 2},
+           {"camera": "zzz"}, {"nokey": 1}, {"camera": 1.0, "flag": 1}, {}]
+
+
+def test_matching_and_match_equal_brute_force_through_adds_updates_removes() -> None:
+    rng = np.random.default_rng(0)
+    items = random_items(rng, range(1, 400))
+    columns = MetadataColumns()
+    load(columns, items)
+    for step in range(4):
+        for where in FILTERS:
+            expected = brute(items, where)
+            assert columns.matching(where).tolist() == expected, (step, where)
+            candidates = rng.choice(np.arange(0, 1200), size=200, replace=False)
+            assert columns.match(where, candidates).tolist() == [c for c in candidates.tolist() if c in set(expected)]
+            if len(where) == 1:
+                assert columns.estimate(where) == len(expected)
+            else:
+                assert columns.estimate(where) >= len(expected)
+        # the next round: remove some, update some, add new (some below the largest id)
+        removed = rng.choice(sorted(items), size=40, replace=False).tolist()
+        assert columns.remove(removed + [10_000]) == 40
+        for i in removed:
+            del items[i]
+        updated = random_items(rng, rng.choice(sorted(items), size=50, replace=False))
+        items.update(updated)
+        load(columns, updated)
+        added = random_items(rng, [*range(1000 + 100 * step, 1050 + 100 * step), *removed[:5]])
+        items.update(added)
+        load(columns, added)
+        assert len(columns) == len(items)
+        assert columns.ids().tolist() == sorted(items)
+
+
+def test_a_key_with_too_many_values_is_dropped_and_not_answered() -> None:
+    columns = MetadataColumns(max_distinct=10)
+    items = {i: {"name": f"file-{i}", "camera": "a" if i % 2 else "b"} for i in range(1, 50)}
+    load(columns, items)
+    assert columns.keys == ["camera"]
+    assert not columns.covers({"name": "file-3"}) and columns.covers({"camera": "a"})
+    with pytest.raises(ValueError, match="name"):
+        columns.matching({"name": "file-3", "camera": "a"})
+    assert columns.matching({"camera": "b"}).tolist() == list(range(2, 50, 2))
+
+
+def test_compaction_after_many_removals_keeps_every_live_item() -> None:
+    columns = MetadataColumns()
+    items = {i: {"k": i % 3} for i in range(1, 5001)}
+    load(columns, items)
+    columns.remove(range(1, 4001))
+    assert columns.memory_bytes < 5000 * 13  # compacted: the removed rows are gone
+    assert columns.matching({"k": 0}).tolist() == [i for i in range(4001, 5001) if i % 3 == 0]
+    assert columns.estimate({"k": 0}) == len([i for i in range(4001, 5001) if i % 3 == 0])
