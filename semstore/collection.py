@@ -27,7 +27,8 @@ from semstore.ingest.pipeline import BytesSource, IngestPipeline, IngestReport
 from semstore.names import UnsafePathError
 from semstore.search import Classification, SearchHit, SearchResult, classify_codes, hits_for_pairs, hits_from_rows
 from semstore.uploads import UPLOAD_SCHEME, UploadStore, discard, upload_uri
-from semstore.validation import check_filter, check_metadata
+from semstore.conditions import check_filter
+from semstore.validation import check_metadata
 
 if TYPE_CHECKING:
     from semstore.database import Database

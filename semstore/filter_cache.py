@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from semstore.conditions import value_kind
+
 #: Filters remembered per collection ...
 MAX_ENTRIES = 32
 #: ... and filters whose match count is remembered (a few dozen bytes each).
@@ -25,16 +27,21 @@ MAX_COUNTS = 1024
 #: ... each of at most this many matching ids (8 bytes each: 512 KiB at most per entry).
 MAX_IDS = 65_536
 
-FilterKey = tuple[tuple[str, str, Any], ...]
+FilterKey = tuple[tuple[str, Any], ...]
 
 
 def filter_key(where: Mapping[str, Any]) -> FilterKey:
-    """A hashable key with the filter's own equality: ``True`` differs from ``1``, ``1`` equals ``1.0``."""
+    """A hashable key with the filter's own equality: ``True`` differs from ``1``, ``1`` equals
+    ``1.0``; operators (``{"$gt": 1}``) and ``$in`` lists are part of it."""
 
-    def kind(value: Any) -> str:
-        return "bool" if isinstance(value, bool) else "text" if isinstance(value, str) else "number"
+    def frozen(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return ("operators", tuple(sorted((op, frozen(operand)) for op, operand in value.items())))
+        if isinstance(value, list | tuple):
+            return ("list", tuple(frozen(item) for item in value))
+        return (value_kind(value), value)
 
-    return tuple(sorted((key, kind(value), value) for key, value in where.items()))
+    return tuple(sorted((key, frozen(value)) for key, value in where.items()))
 
 
 class FilterCache:

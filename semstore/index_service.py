@@ -253,9 +253,11 @@ class IndexService:
             metadata_revision = storage.metadata_revision(session, collection_id=self._collection_id)
             values = list(storage.collection_values(session, collection_id=self._collection_id, shard=self.shard))
         columns = MetadataColumns(max_distinct=limit)
-        if values:
-            ids = np.unique(np.concatenate([ids for *_, ids in values]))
-            columns.set_terms(ids, ((key, (kind, value), ids) for key, kind, value, ids in values))
+        # Every item of the index has a row (one without metadata matches "$ne" and "$exists": false).
+        index = self._index
+        held = [index.ids()] if index is not None else []
+        ids = np.unique(np.concatenate([*held, *(ids for *_, ids in values)])) if held or values else np.empty(0, np.int64)
+        columns.set_terms(ids, ((key, (kind, value), ids) for key, kind, value, ids in values))
         self._columns, self._columns_metadata_revision = columns, metadata_revision
         logger.debug("collection %s: metadata columns of %d items read in %.3f s (%s)",
                      self._collection_id, len(columns), time.perf_counter() - started, columns)  # fmt: skip

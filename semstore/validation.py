@@ -101,48 +101,6 @@ def _check_value(value: Any, where: str, depth: int) -> Any:
     raise InvalidMetadataError(f"{where} holds a {type(value).__name__}, which is not a JSON value")
 
 
-class InvalidFilterError(ValueError):
-    """A metadata filter (``where``) is not a small object of storable scalar values."""
-
-
-#: Most keys a metadata filter may have unless the caller says otherwise.
-MAX_FILTER_KEYS = 32
-
-
-def check_filter(where: object, *, max_keys: int = MAX_FILTER_KEYS) -> dict[str, str | int | float | bool]:
-    """A copy of a metadata filter if it is valid, else raise :class:`InvalidFilterError`.
-
-    A filter maps at most ``max_keys`` metadata keys to the value each must have: a
-    boolean, a 64-bit integer, a finite float or a string (checked like metadata).
-    """
-    if not isinstance(where, Mapping):
-        raise InvalidFilterError(f"a metadata filter must be an object, got {type(where).__name__}")
-    if len(where) > max_keys:
-        raise InvalidFilterError(f"a metadata filter may have at most {max_keys} keys, got {len(where)}")
-    checked: dict[str, str | int | float | bool] = {}
-    for key, value in where.items():
-        try:
-            check_text(key, "a filter key", max_chars=MAX_KEY_CHARS, allow_empty=False)
-            if isinstance(value, str):
-                check_text(value, f"the filter value of {key[:40]!r}", max_chars=MAX_TEXT_CHARS)
-        except InvalidTextError as exc:
-            raise InvalidFilterError(str(exc)) from None
-        if isinstance(value, bool | str):
-            pass
-        elif isinstance(value, int):
-            if not -_INT64 <= value < _INT64:
-                raise InvalidFilterError(f"the filter value of {key[:40]!r} is outside the 64-bit range")
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise InvalidFilterError(f"the filter value of {key[:40]!r} must be finite")
-        else:
-            raise InvalidFilterError(
-                f"filter values are strings, numbers or booleans; {key[:40]!r} has a {type(value).__name__}"
-            )
-        checked[key] = value
-    return checked
-
-
 def readable(value: Any) -> Any:
     """``value`` with every unpaired surrogate in its strings replaced by U+FFFD.
 

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from server import routers
+from server.routers import duplicates as duplicates_routes
 from server.auth import DOCS_STATIC_URL, AuthMiddleware
 from server.errors import install_error_handlers
 from server.limits import BodyLimitsMiddleware
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
     app.include_router(routers.collections.router)
     app.include_router(routers.items.router)
     app.include_router(routers.search.router)
+    app.include_router(duplicates_routes.router)
     app.include_router(routers.page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -101,7 +101,8 @@ def _library_errors() -> list[tuple[type[BaseException], int, str]]:
     from semstore.ingest import BadImageError, IngestError
     from semstore.ingest.roots import PathNotAllowedError
     from semstore.names import InvalidNameError, UnsafePathError
-    from semstore.validation import InvalidFilterError, InvalidMetadataError, InvalidTextError
+    from semstore.conditions import InvalidFilterError
+    from semstore.validation import InvalidMetadataError, InvalidTextError
     from semstore.storage import (
         ApiKeyExistsError,
         CodecNotFoundError,

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
-from semstore.validation import MAX_FILTER_KEYS, MAX_KEY_CHARS, MAX_TEXT_CHARS, check_filter, check_metadata, check_text
+from semstore.conditions import MAX_FILTER_KEYS, MAX_IN_VALUES, check_filter
+from semstore.validation import MAX_KEY_CHARS, MAX_TEXT_CHARS, check_metadata, check_text
 from server.deps import MAX_ID, NAME_PATTERN
 
 # -- shared value types ---------------------------------------------------------------------------
@@ -33,19 +34,58 @@ FilterValue = (
     | Annotated[StrictFloat, Field(allow_inf_nan=False)]
     | Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)]
 )
-#: A metadata filter: at most :data:`semstore.validation.MAX_FILTER_KEYS` keys (the server's
-#: ``max_filter_keys`` may lower that).
+#: A metadata filter: at most :data:`semstore.conditions.MAX_FILTER_KEYS` keys (the server's
+#: ``max_filter_keys`` may lower that), each a value or an object of operators.
 def _few_keys(value: Any) -> Any:
-    # Before the items are validated one by one: a filter of 100,000 keys is refused at once.
-    if isinstance(value, dict) and len(value) > MAX_FILTER_KEYS:
-        raise ValueError(f"a metadata filter may have at most {MAX_FILTER_KEYS} keys, got {len(value)}")
+    # Before the items are validated one by one: a filter of 100,000 keys is refused at once,
+    # and a bad operator gets one message naming it (not one per branch of the value union).
+    if isinstance(value, dict):
+        if len(value) > MAX_FILTER_KEYS:
+            raise ValueError(f"a metadata filter may have at most {MAX_FILTER_KEYS} keys, got {len(value)}")
+        if any(isinstance(item, dict) for item in value.values()):
+            check_filter(value)
+    return value
+
+
+RangeValue = (
+    Annotated[StrictInt, Field(ge=-_INT64, lt=_INT64)]
+    | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+    | Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)]
+)
+ValueList = Annotated[list[FilterValue], Field(min_length=1, max_length=MAX_IN_VALUES)]
+
+
+class FilterOperators(BaseModel):
+    """What one key's value must satisfy, beyond equality (see :mod:`semstore.conditions`):
+    ``{"$gte": 2020, "$lt": 2024}``, ``{"$in": ["cat", "dog"]}``, ``{"$exists": true}``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+    eq: FilterValue | None = Field(default=None, alias="$eq", description="Equal to this value.")
+    ne: FilterValue | None = Field(default=None, alias="$ne", description="Anything else (a missing key too).")
+    gt: RangeValue | None = Field(default=None, alias="$gt", description="Greater than (numbers, or strings by code point).")
+    gte: RangeValue | None = Field(default=None, alias="$gte", description="Greater than or equal.")
+    lt: RangeValue | None = Field(default=None, alias="$lt", description="Less than.")
+    lte: RangeValue | None = Field(default=None, alias="$lte", description="Less than or equal.")
+    in_: ValueList | None = Field(default=None, alias="$in", description="One of these values.")
+    nin: ValueList | None = Field(default=None, alias="$nin", description="None of these values (a missing key too).")
+    exists: StrictBool | None = Field(default=None, alias="$exists", description="Whether the key holds a scalar value.")
+
+
+def _plain_filter(value: Any) -> Any:
+    """Operator objects as plain dicts, for :func:`semstore.conditions.check_filter`."""
+    if isinstance(value, dict):
+        return {
+            key: item.model_dump(by_alias=True, exclude_none=True) if isinstance(item, FilterOperators) else item
+            for key, item in value.items()
+        }
     return value
 
 
 Where = Annotated[
-    dict[FilterKey, FilterValue], BeforeValidator(_few_keys),
+    dict[FilterKey, FilterValue | FilterOperators], BeforeValidator(_few_keys),
     Field(json_schema_extra={"maxProperties": MAX_FILTER_KEYS}),
-    AfterValidator(check_filter),
+    AfterValidator(_plain_filter), AfterValidator(check_filter),
 ]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -187,7 +227,10 @@ class PathIngest(_Model):
 class SearchOptions(_Model):
     k: int = Field(default=10, ge=1, description="Number of results (at most the server's max page size).")
     min_score: FiniteFloat | None = Field(default=None, description="Drop hits scoring below this.")
-    where: Where | None = Field(default=None, description="Metadata filter: every key must have this value.")
+    where: Where | None = Field(
+        default=None,
+        description='Metadata filter: every key must have this value, or satisfy its operators ({"$gte": 2020}, "$in", "$ne", "$exists", ...).',
+    )
     rerank: int = Field(
         default=100, ge=0, le=10_000, description="ADC candidates re-scored exactly by cosine (0: raw ADC scores)."
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from semstore.cli.commands import codec, collections, ingest, keys, query, serve
+from semstore.cli.commands import codec, collections, duplicates, ingest, keys, query, serve
 from semstore.cli.errors import ErrorHandlingGroup
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.command("init")(collections.init)
 app.command("ingest")(ingest.ingest)
 app.command("search")(query.search)
 app.command("classify")(query.classify)
+app.command("duplicates")(duplicates.duplicates)
 app.command("stats")(collections.stats)
 app.command("collections")(collections.collections)
 app.command("delete-collection")(collections.delete_collection)

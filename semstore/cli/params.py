@@ -4,7 +4,9 @@ Every command builds ONE :class:`~semstore.config.Settings` from its options (wh
 the ``SEMSTORE_*`` environment) and hands it to :func:`semstore.connect`.
 """
 
+import json
 import math
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,3 +141,37 @@ def parse_pairs(pairs: Sequence[str] | None, option: str) -> dict[str, str | int
             raise CliError(f"{option} expects KEY=VALUE, got {pair!r}")
         result[key] = parse_value(value.strip())
     return result
+
+
+_COMPARISON = re.compile(r"^(?P<key>.+?)\s*(?P<op>!=|>=|<=|=|>|<)\s*(?P<value>.*)$", re.DOTALL)
+_OPERATOR_OF = {"=": "$eq", "!=": "$ne", ">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte"}
+
+
+def parse_where(pairs: Sequence[str] | None, filter_json: str | None = None) -> dict[str, Any]:
+    """``--where`` comparisons (``KEY=V``, ``KEY!=V``, ``KEY>=V``, ``KEY<V``, ...; the same key
+    twice: both must hold) and a ``--filter`` JSON object, merged into one filter (checked by
+    the library); raises :class:`CliError` on bad syntax."""
+    where: dict[str, Any] = {}
+    if filter_json:
+        try:
+            parsed = json.loads(filter_json)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--filter is not valid JSON: {exc.msg} (at character {exc.pos})") from None
+        if not isinstance(parsed, dict):
+            raise CliError('--filter must be a JSON object, e.g. \'{"year": {"$gte": 2020}}\'')
+        where.update(parsed)
+    for pair in pairs or ():
+        found = _COMPARISON.match(pair)
+        if found is None or not found["key"].strip():
+            raise CliError(f"--where expects KEY=VALUE (or KEY!=, >, >=, <, <= VALUE), got {pair!r}")
+        key, op, value = found["key"].strip(), _OPERATOR_OF[found["op"]], parse_value(found["value"].strip())
+        current = where.get(key)
+        if current is None and op == "$eq":
+            where[key] = value
+            continue
+        operators = dict(current) if isinstance(current, dict) else ({} if current is None else {"$eq": current})
+        if op in operators:
+            raise CliError(f"--where gives {key!r} {op} twice")
+        operators[op] = value
+        where[key] = operators
+    return where

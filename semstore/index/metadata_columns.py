@@ -9,8 +9,10 @@ of item ids. A filter then costs a vectorised comparison (about half a milliseco
 microseconds; and the number of items holding each value is kept, so a filter's selectivity is
 known before anything is scanned.
 
-Values follow the SQL filters' equality exactly: ``"1"``, ``1`` and ``true`` differ, ``1``
-equals ``1.0`` (:func:`value_term`). Only scalar members are filterable, as in the postings
+Values follow the SQL filters exactly (:mod:`semstore.conditions`): ``"1"``, ``1`` and
+``true`` differ, ``1`` equals ``1.0`` (:func:`value_term`); every condition of a filter (an
+equality, a range, ``$in``, ``$ne``, ``$exists``) becomes a boolean table over the key's value
+numbers, so a row's test is one table look-up whatever the operator. Only scalar members are filterable, as in the postings
 tables. A key with more than ``max_distinct`` values (a file name, a unique tag) is dropped:
 its dictionary would outweigh the codes, and filters on it go to the database instead
 (:meth:`covers` says which filters the columns can answer).
@@ -28,6 +30,8 @@ from typing import Any
 import itertools
 
 import numpy as np
+
+from semstore.conditions import Condition, conditions_of
 
 #: A key with more distinct values than this is not held in memory (filters on it use SQL).
 DEFAULT_MAX_DISTINCT = 65_536
@@ -66,19 +70,61 @@ def metadata_postings(item_id: int, metadata: Mapping[str, Any] | None) -> list[
 
 @dataclass
 class _Dictionary:
-    """One key's values: their numbers, and how many items hold each number."""
+    """One key's values: their numbers, how many items hold each, and the values as arrays
+    (for ranges: numbers as float64, NaN where the value is no number; strings, None where none)."""
 
     terms: dict[Term, int] = field(default_factory=dict)
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _values: list[Term] = field(default_factory=list)
+    _arrays: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def number(self, term: Term) -> int:
         """The number of ``term``, a new one if it has none (its count starts at 0)."""
         found = self.terms.get(term)
         if found is None:
             found = self.terms[term] = len(self.terms)
+            self._values.append(term)
             if found >= self.counts.size:
                 self.counts = np.concatenate([self.counts, np.zeros(max(16, self.counts.size), dtype=np.int64)])
         return found
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(numbers, texts)`` of every value number (built once per dictionary size)."""
+        cached = self._arrays
+        if cached is None or cached[0] != len(self._values):
+            numbers = np.array([float(v) if kind == "number" else np.nan for kind, v in self._values], dtype=np.float64)
+            texts = np.array([v if kind == "text" else None for kind, v in self._values], dtype=object)
+            cached = self._arrays = (len(self._values), numbers, texts)
+        return cached[1], cached[2]
+
+    def table(self, condition: Condition) -> np.ndarray:
+        """Which value numbers satisfy ``condition``: a boolean table of one entry per number
+        and a last one for items without a value (a code of -1 indexes it)."""
+        size = len(self._values)
+        op, operand = condition.op, condition.value
+        if op == "exists":
+            table = np.full(size + 1, operand, dtype=bool)
+            table[-1] = not operand
+            return table
+        if op in ("ne", "nin"):
+            return ~self.table(Condition("eq" if op == "ne" else "in", operand))
+        table = np.zeros(size + 1, dtype=bool)
+        if op in ("eq", "in"):
+            for item in (operand,) if op == "eq" else operand:
+                term = value_term(item)
+                number = self.terms.get(term) if term is not None else None
+                if number is not None:
+                    table[number] = True
+            return table
+        numbers, texts = self.arrays()
+        compare = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}[op]
+        if isinstance(operand, str):
+            holds = np.fromiter((t is not None and bool(compare(t, operand)) for t in texts), dtype=bool, count=size)
+        else:
+            with np.errstate(invalid="ignore"):
+                holds = compare(numbers, float(operand))
+        table[:size] = holds
+        return table
 
 
 @dataclass(frozen=True)
@@ -88,6 +134,16 @@ class _Rows:
     ids: np.ndarray
     live: np.ndarray
     codes: dict[str, np.ndarray]
+
+
+def _select(table: np.ndarray, codes: np.ndarray | None) -> np.ndarray | bool:
+    """``table[codes]``: which rows' value numbers satisfy the table (no codes: no row has a value)."""
+    if codes is None:
+        return bool(table[-1])
+    hits = np.flatnonzero(table)
+    if hits.size == 1 and hits[0] != table.size - 1:
+        return codes == hits[0]  # one value: a comparison, 3-4x faster than the gather at 10^6 rows
+    return table[codes]
 
 
 class MetadataColumns:
@@ -131,27 +187,29 @@ class MetadataColumns:
         """An upper bound of the items matching ``where`` (exact for one key)."""
         best = len(self)
         for key, value in where.items():
-            number = self._number_of(key, value)
-            if number is None:
-                return 0
-            best = min(best, int(self._dictionaries[key].counts[number]))
+            table = self._table(key, value)
+            if table is None:
+                continue
+            dictionary = self._dictionaries.get(key)
+            counts = dictionary.counts[: table.size - 1] if dictionary is not None else np.zeros(0, dtype=np.int64)
+            found = int(counts[table[:-1]].sum()) + (len(self) - int(counts.sum()) if table[-1] else 0)
+            best = min(best, found)
         return best
 
     def matching(self, where: Mapping[str, Any]) -> np.ndarray:
-        """Ids (ascending) of the items whose metadata has every ``key: value`` of ``where``
-        (which these columns must :meth:`covers`)."""
+        """Ids (ascending) of the items that satisfy ``where`` (a checked filter, see
+        :mod:`semstore.conditions`; these columns must :meth:`covers` it)."""
         self._check_covered(where)
         rows = self._rows
         mask = rows.live.copy()
         for key, value in where.items():
-            number = self._number_of(key, value)
-            if number is None:
-                return np.empty(0, dtype=np.int64)
-            mask &= rows.codes[key] == number
+            table = self._table(key, value)
+            if table is not None:
+                mask &= _select(table, rows.codes.get(key))
         return rows.ids[mask]
 
     def match(self, where: Mapping[str, Any], candidates: np.ndarray) -> np.ndarray:
-        """The ``candidates`` (ids, in their order) that are held and match ``where``."""
+        """The ``candidates`` (ids, in their order) that are held and satisfy ``where``."""
         self._check_covered(where)
         rows = self._rows
         candidates = np.asarray(candidates, dtype=np.int64)
@@ -160,22 +218,26 @@ class MetadataColumns:
         positions = np.minimum(np.searchsorted(rows.ids, candidates), rows.ids.size - 1)
         keep = (rows.ids[positions] == candidates) & rows.live[positions]
         for key, value in where.items():
-            number = self._number_of(key, value)
-            if number is None:
-                return candidates[:0]
-            keep &= rows.codes[key][positions] == number
+            table = self._table(key, value)
+            if table is not None:
+                codes = rows.codes.get(key)
+                keep &= _select(table, codes[positions] if codes is not None else None)
         return candidates[keep]
+
+    def _table(self, key: str, value: Any) -> np.ndarray | None:
+        """The key's table of value numbers satisfying all its conditions (None: any value does)."""
+        dictionary = self._dictionaries.get(key) if key in self._rows.codes else None
+        if dictionary is None:
+            dictionary = _Dictionary()  # no item holds the key: every item "has no value"
+        table = None
+        for condition in conditions_of(value):
+            found = dictionary.table(condition)
+            table = found if table is None else table & found
+        return table
 
     def _check_covered(self, where: Mapping[str, Any]) -> None:
         if not self.covers(where):
             raise ValueError(f"keys {sorted(set(where) & self._dropped)} are not held in memory (too many values)")
-
-    def _number_of(self, key: str, value: Any) -> int | None:
-        dictionary = self._dictionaries.get(key)
-        term = value_term(value)
-        if dictionary is None or term is None or key not in self._rows.codes:
-            return None
-        return dictionary.terms.get(term)
 
     # -- writing -------------------------------------------------------------------------
     def set_items(self, ids: Iterable[int], postings: Iterable[Posting]) -> None:

@@ -1,10 +1,11 @@
 """Metadata filters as fixed SQL over the ``item_metadata`` postings (SQLite and PostgreSQL).
 
 A filtered search runs one or two of these statements around an index search of about a
-millisecond, so they are rendered as SQL strings, one per filter *shape* (dialect, value
-types, number of keys, candidate list or not) and cached, and run with ``exec_driver_sql``:
-building and compiling the same filter as a SQLAlchemy statement cost 0.3-0.5 ms per call
-here, as much as the lookup itself. Values are always bound parameters.
+millisecond, so they are written as SQL strings (one SELECT of item ids per condition of
+:mod:`semstore.conditions`, joined by INTERSECT; negations as EXCEPT from the collection's
+items) and run with ``exec_driver_sql``: building and compiling the same filter as a
+SQLAlchemy statement cost 0.3-0.5 ms per call here, as much as the lookup itself. Values
+are always bound parameters.
 
 The postings (migrations 0003 and 0004) hold one row per item and top-level key: SQLite
 keeps json_each's value with its ``type`` beside it (what tells ``true`` from ``1`` and
@@ -15,15 +16,14 @@ Matching ids come back as one aggregate (comma-separated text, an array), not on
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from semstore.conditions import Condition, InvalidFilterError, check_filter, conditions_of
 from semstore.storage.errors import CollectionNotFoundError, StorageError
 from semstore.storage.repository import CollectionRevision, MetadataValue, Reader
 
@@ -62,14 +62,11 @@ def filter_item_ids_with_revision(
     return np.sort(unpack_ids(row[2])), CollectionRevision(int(row[0]), row[1])
 
 
-def _check_where(where: Mapping[str, MetadataValue]) -> None:
-    for key, value in where.items():
-        if not isinstance(key, str):
-            raise TypeError(f"metadata keys are strings, got {key!r}")
-        if not isinstance(value, str | int | float | bool):
-            raise TypeError(f"metadata filter values are str, int, float or bool, got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"metadata filter value for {key!r} must be finite")
+def _check_where(where: Mapping[str, Any]) -> None:
+    try:
+        check_filter(where, max_keys=max(len(where), 1))
+    except InvalidFilterError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def reader_connection(reader: Reader) -> tuple[Connection, str]:
@@ -80,79 +77,95 @@ def reader_connection(reader: Reader) -> tuple[Connection, str]:
     return connection, dialect
 
 
-def _value_kind(value: MetadataValue) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    return "text" if isinstance(value, str) else "number"
-
-
 def _matching_statement(
-    dialect: str, collection_id: int, where: Mapping[str, MetadataValue], among: Sequence[int] | None,
+    dialect: str, collection_id: int, where: Mapping[str, Any], among: Sequence[int] | None,
     *, with_revision: bool,
 ) -> tuple[str, tuple[Any, ...]]:
-    """The SQL (cached per shape) and its parameters."""
-    kinds = tuple(_value_kind(value) for value in where.values())
-    sql = _render(dialect, kinds, among is not None, with_revision)
-    sqlite = dialect == "sqlite"
-    params: list[Any] = []
+    """The SQL and its parameters: the matching ids as one aggregate (with the revision)."""
     candidates = None
     if among is not None:
         # Ascending, and bound as bigint[] on PostgreSQL: its index probes then walk the btree
         # in order, and compare bigint with bigint (an int4[] from psycopg's list dumper and ids in
         # score order cost ~25 % more for a few hundred candidates at 10^6 items).
         values = sorted(int(i) for i in among)
-        candidates = json.dumps(values) if sqlite else values  # (json_each's argument, as SearchReads binds it)
-    if not where:
-        params.append(collection_id)
-        if candidates is not None:
-            params.append(candidates)
-    for key, value in where.items():
-        params += [collection_id, key]
-        if not sqlite:
-            params.append(json.dumps(value))
-        elif isinstance(value, bool):
-            params += [int(value), "true" if value else "false"]
-        else:
-            params.append(value)
-        if candidates is not None:
-            params.append(candidates)
-    if with_revision:  # the outer WHERE comes after the subquery's parameters
-        params.append(collection_id)
-    return sql, tuple(params)
-
-
-@lru_cache(maxsize=256)
-def _render(dialect: str, kinds: tuple[str, ...], among: bool, with_revision: bool) -> str:
-    sqlite = dialect == "sqlite"
-    p = "?" if sqlite else "%s"
-    in_candidates = f"IN (SELECT value FROM json_each({p}))" if sqlite else f"= ANY(CAST({p} AS bigint[]))"
-    if not kinds:  # no condition: the collection's items
-        query = f"SELECT id AS item_id FROM items WHERE collection_id = {p}"
-        if among:
-            query += f" AND id {in_candidates}"
-    else:
-        selects = []
-        for kind in kinds:
-            posting = f"SELECT item_id FROM item_metadata WHERE collection_id = {p} AND key = {p}"
-            if not sqlite:
-                posting += f" AND value = CAST({p} AS jsonb)"
-            elif kind == "bool":
-                posting += f" AND value = {p} AND type = {p}"
-            elif kind == "text":
-                posting += f" AND value = {p} AND type = 'text'"
-            else:
-                posting += f" AND value = {p} AND type IN ('integer', 'real')"
-            if among:
-                posting += f" AND item_id {in_candidates}"
-            selects.append(posting)
+        candidates = json.dumps(values) if dialect == "sqlite" else values  # (json_each's argument, as SearchReads binds it)
+    sql = _Statement(dialect, collection_id, candidates)
+    if where:
+        selects = [sql.condition(key, c) for key, value in where.items() for c in conditions_of(value)]
         # (postings are distinct per item and key, and INTERSECT is distinct: no DISTINCT needed)
         query = " INTERSECT ".join(selects)
+    else:
+        query = sql.everything()
     # SQLite: comma-separated text, parsed by numpy in C (json.loads of 10^4 ids cost 2 ms here)
-    aggregate = "group_concat(item_id)" if sqlite else "array_agg(item_id)"
+    aggregate = "group_concat(item_id)" if dialect == "sqlite" else "array_agg(item_id)"
     ids = f"SELECT {aggregate} FROM ({query}) AS matching"
-    if not with_revision:
-        return ids
-    return f"SELECT c.revision, c.codec_id, ({ids}) FROM collections AS c WHERE c.id = {p}"
+    if with_revision:
+        ids = f"SELECT c.revision, c.codec_id, ({ids}) FROM collections AS c WHERE c.id = {sql.bind(collection_id)}"
+    return ids, tuple(sql.params)
+
+
+_COMPARE = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+class _Statement:
+    """SQL text with its parameters, bound in the order the text is written (left to right)."""
+
+    def __init__(self, dialect: str, collection_id: int, candidates: Any | None) -> None:
+        self.sqlite = dialect == "sqlite"
+        self.params: list[Any] = []
+        self._collection_id, self._candidates = collection_id, candidates
+
+    def bind(self, value: Any) -> str:
+        self.params.append(value)
+        return "?" if self.sqlite else "%s"
+
+    def _among(self, column: str) -> str:
+        if self._candidates is None:
+            return ""
+        if self.sqlite:
+            return f" AND {column} IN (SELECT value FROM json_each({self.bind(self._candidates)}))"
+        return f" AND {column} = ANY(CAST({self.bind(self._candidates)} AS bigint[]))"
+
+    def everything(self) -> str:
+        """The collection's items (those among the candidates)."""
+        return f"SELECT id AS item_id FROM items WHERE collection_id = {self.bind(self._collection_id)}{self._among('id')}"
+
+    def _postings(self, key: str, test: Callable[[], str]) -> str:
+        head = f"SELECT item_id FROM item_metadata WHERE collection_id = {self.bind(self._collection_id)} AND key = {self.bind(key)}"
+        return head + test() + self._among("item_id")
+
+    def condition(self, key: str, condition: Condition) -> str:
+        """A SELECT of the item ids satisfying one condition of one key."""
+        op, value = condition.op, condition.value
+        if op in ("ne", "nin") or (op == "exists" and not value):
+            positive = Condition({"ne": "eq", "nin": "in"}.get(op, "exists"), True if op == "exists" else value)
+            return f"SELECT item_id FROM ({self.everything()} EXCEPT {self.condition(key, positive)}) AS excluded"
+        if op == "exists":
+            return self._postings(key, lambda: "")
+        if op == "in":
+            alternatives = " UNION ".join(self._postings(key, lambda v=v: self._equals(v)) for v in value)
+            return f"SELECT item_id FROM ({alternatives}) AS alternatives"
+        if op == "eq":
+            return self._postings(key, lambda: self._equals(value))
+        return self._postings(key, lambda: self._compares(_COMPARE[op], value))
+
+    def _equals(self, value: Any) -> str:
+        if not self.sqlite:
+            return f" AND value = CAST({self.bind(json.dumps(value))} AS jsonb)"
+        if isinstance(value, bool):
+            return f" AND value = {self.bind(int(value))} AND type = {self.bind('true' if value else 'false')}"
+        if isinstance(value, str):
+            return f" AND value = {self.bind(value)} AND type = 'text'"
+        return f" AND value = {self.bind(value)} AND type IN ('integer', 'real')"
+
+    def _compares(self, symbol: str, value: Any) -> str:
+        text = isinstance(value, str)
+        if self.sqlite:  # (BLOB affinity: numbers compare as numbers, texts by code point)
+            kinds = "type = 'text'" if text else "type IN ('integer', 'real')"
+            return f" AND {kinds} AND value {symbol} {self.bind(value)}"
+        if text:  # by code point, as SQLite and the in-memory columns compare
+            return f" AND jsonb_typeof(value) = 'string' AND (value #>> '{{}}') COLLATE \"C\" {symbol} {self.bind(value)}"
+        return f" AND jsonb_typeof(value) = 'number' AND value {symbol} CAST({self.bind(json.dumps(value))} AS jsonb)"
 
 
 def unpack_ids(packed: Any) -> np.ndarray:

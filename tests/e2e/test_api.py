@@ -165,6 +165,20 @@ def test_search_by_text_image_and_item(photos: Photos) -> None:
         ).json()
         assert {h["id"] for h in filtered_image["hits"]} == {h["id"] for h in filtered["hits"]}
         assert client.post(url, json={"text": "x", "where": {"set": "other"}}).json()["hits"] == []
+        # operators: a range, $in, $ne, $exists, each exact against the hits' own metadata
+        batches = sorted({hit["metadata"]["batch"] for hit in client.post(url, json={"text": "x", "k": 50}).json()["hits"]})
+        for where, holds in (
+            ({"batch": {"$gte": batches[-1]}}, lambda m: m["batch"] >= batches[-1]),
+            ({"batch": {"$in": batches[:1]}}, lambda m: m["batch"] == batches[0]),
+            ({"batch": {"$ne": batches[0]}, "set": {"$exists": True}}, lambda m: m["batch"] != batches[0]),
+            ({"set": {"$exists": False}}, lambda m: False),
+        ):
+            found = client.post(url, json={"text": "x", "k": 50, "where": where}).json()["hits"]
+            everything = client.post(url, json={"text": "x", "k": 50}).json()["hits"]
+            assert {h["id"] for h in found} == {h["id"] for h in everything if holds(h["metadata"])}, where
+        bad = assert_error(client.post(url, json={"text": "x", "where": {"batch": {"$regex": "1"}}}), 422, "validation_error")
+        assert "$regex" in json.dumps(bad)
+        assert_error(client.post(url, json={"text": "x", "where": {"batch": {"$gt": True}}}), 422, "validation_error")
         strict = client.post(url, json={"item_id": target, "k": 50, "min_score": 0.999}).json()
         assert target in {hit["id"] for hit in strict["hits"]}
         assert all(hit["score"] >= 0.999 for hit in strict["hits"]) and len(strict["hits"]) < len(photos.ids)

@@ -14,6 +14,7 @@ from sqlalchemy import event
 import semstore
 from semstore import storage
 from semstore.codec import PQVAECodec
+from semstore.conditions import conditions_of, matches
 from semstore.config import Settings
 from semstore.encoders import TINY_TEST_MODEL
 from semstore.filter_cache import filter_key
@@ -321,3 +322,36 @@ def test_the_columns_know_a_selective_filter_before_its_first_use(photos: semsto
     assert probes == []
     photos.search_vector(query, k=5, where={"half": 1}, rerank=None)  # 100 of 200: the probe finds enough
     assert probes == [20]
+
+
+OPERATOR_FILTERS = [
+    {"score": {"$gte": 5, "$lt": 7.5}},  # numbers: a range
+    {"tag": {"$in": ["t3", "t4", "nobody"]}},
+    {"tag": {"$gt": "t95"}},  # strings: by code point
+    {"half": {"$ne": 1}},
+    {"rare": {"$ne": True}},
+    {"nested": {"$exists": True}},  # an object is not filterable: no item
+    {"nested": {"$exists": False}},
+    {"tag": {"$nin": ["t1", "t2"]}, "half": 1},
+    {"missing": {"$exists": False}, "score": {"$lte": 1}},
+    {"half": {"$in": [True, 1]}},  # a boolean never equals the number 1: the 1s only
+]
+
+
+@pytest.mark.parametrize("where", OPERATOR_FILTERS, ids=[str(w) for w in OPERATOR_FILTERS])
+def test_operator_filters_equal_brute_force(photos: semstore.Collection, where: dict) -> None:
+    def satisfies(metadata: dict) -> bool:
+        def holds(key: str, value: object) -> bool:
+            present = key in metadata and isinstance(metadata[key], str | int | float | bool)
+            return all(matches(c, present, metadata.get(key)) for c in conditions_of(value))
+
+        return all(holds(key, value) for key, value in where.items())
+
+    allowed = _ids_with(photos, satisfies)
+    with photos.database.sessions() as session:
+        assert storage.filter_item_ids(session, collection_id=photos.id, where=where).tolist() == allowed.tolist()
+    query = photos.embed_query(image=encode(make_image(1001, size=40), "PNG"))
+    for k, rerank in ((5, 100), (50, None)):
+        hits = photos.search_vector(query, k=k, where=where, rerank=rerank)
+        assert {hit.id for hit in hits} <= set(allowed.tolist())
+        np.testing.assert_allclose([hit.score for hit in hits], _brute_force(photos, query, allowed, k, rerank), atol=2e-5)

@@ -478,7 +478,7 @@ def test_filter_item_ids_compares_types(db_sessions: sessionmaker[Session]) -> N
     assert ids_where(**{"other key": "with space"}) == [4]
     assert ids_where() == [0, 1, 2, 3, 4, 5]
     with db_sessions() as session:
-        with pytest.raises(TypeError):
+        with pytest.raises(ValueError, match="'kind'"):
             filter_item_ids(session, collection_id=photos, where={"kind": None})  # type: ignore[dict-item]
         with pytest.raises(ValueError):
             filter_item_ids(session, collection_id=photos, where={"score": float("nan")})

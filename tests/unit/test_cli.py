@@ -22,7 +22,7 @@ from typer.testing import CliRunner, Result
 
 from semstore.cli import app
 from semstore.cli.errors import CliError
-from semstore.cli.params import parse_pairs, parse_value
+from semstore.cli.params import parse_pairs, parse_value, parse_where
 from semstore.codec import PQVAECodec
 
 TINY = "semstore-tiny-test"
@@ -153,6 +153,23 @@ def test_parse_pairs() -> None:
         parse_pairs(["=1"], "--where")
 
 
+def test_parse_where_comparisons_and_json() -> None:
+    assert parse_where(["a=1", "b!=x", "y>=2020", "y<2024", "s<=z"]) == {
+        "a": 1, "b": {"$ne": "x"}, "y": {"$gte": 2020, "$lt": 2024}, "s": {"$lte": "z"}
+    }
+    assert parse_where(["a=b>c"]) == {"a": "b>c"}  # the first operator splits
+    assert parse_where(["n>1"], '{"tag": {"$in": ["cat", "dog"]}}') == {"tag": {"$in": ["cat", "dog"]}, "n": {"$gt": 1}}
+    assert parse_where(["a=1", "a<5"]) == {"a": {"$eq": 1, "$lt": 5}}
+    with pytest.raises(CliError, match="KEY=VALUE"):
+        parse_where(["novalue"])
+    with pytest.raises(CliError, match="twice"):
+        parse_where(["a>1", "a>2"])
+    with pytest.raises(CliError, match="--filter is not valid JSON"):
+        parse_where([], "{")
+    with pytest.raises(CliError, match="JSON object"):
+        parse_where([], "[1]")
+
+
 # -- ingest, search, classify, stats ---------------------------------------------------------
 
 
@@ -209,6 +226,12 @@ def test_search_where_filters_by_typed_metadata(workspace: Workspace, ingested: 
     assert none.exit_code == 0 and none.stdout.strip() == ""
     as_string = workspace.run("search", "red", "--where", 'batch="1"')  # the string "1" is not the number 1
     assert as_string.exit_code == 0 and "no results" in as_string.stdout
+    ranged = _json_lines(workspace.run("search", "red", "--where", "batch>=1", "--where", "batch<2", "--json", "-k", "50"))
+    assert {hit["id"] for hit in ranged} == {hit["id"] for hit in matching}
+    excluded = workspace.run("search", "red", "--filter", '{"batch": {"$nin": [1]}}', "--json")
+    assert excluded.exit_code == 0 and excluded.stdout.strip() == ""
+    bad = workspace.run("search", "red", "--filter", '{"batch": {"$regex": "1"}}')
+    assert bad.exit_code == 1 and "$regex" in bad.output and "Traceback" not in bad.output
 
 
 def test_classify_counts_sum_to_item_count(workspace: Workspace, ingested: Result) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from semstore.conditions import check_filter, conditions_of, matches
 from semstore.index.metadata_columns import MetadataColumns, metadata_postings
 
 
@@ -87,3 +88,36 @@ def test_compaction_after_many_removals_keeps_every_live_item() -> None:
     assert columns.memory_bytes < 5000 * 13  # compacted: the removed rows are gone
     assert columns.matching({"k": 0}).tolist() == [i for i in range(4001, 5001) if i % 3 == 0]
     assert columns.estimate({"k": 0}) == len([i for i in range(4001, 5001) if i % 3 == 0])
+
+
+OPERATOR_FILTERS = [
+    {"camera": {"$gt": 1}}, {"camera": {"$gte": 1, "$lt": 2.5}}, {"camera": {"$lte": "a"}}, {"camera": {"$gt": "1"}},
+    {"camera": {"$in": ["a", 2, True]}}, {"camera": {"$nin": ["a", 1]}}, {"camera": {"$ne": 1}},
+    {"camera": {"$exists": True}}, {"camera": {"$exists": False}}, {"flag": {"$ne": True}, "tag": {"$in": [1, "b"]}},
+    {"nokey": {"$exists": False}}, {"nokey": {"$ne": 3}}, {"nokey": {"$gt": 0}}, {"camera": {"$eq": 1.0}},
+]
+
+
+def brute_conditions(items: dict[int, dict], where: dict) -> list[int]:
+    def ok(meta: dict, key: str, value) -> bool:  # noqa: ANN001
+        present = key in meta and isinstance(meta[key], str | int | float | bool)
+        return all(matches(c, present, meta.get(key)) for c in conditions_of(value))
+
+    return sorted(i for i, meta in items.items() if all(ok(meta, k, v) for k, v in where.items()))
+
+
+@pytest.mark.parametrize("where", OPERATOR_FILTERS, ids=[str(w) for w in OPERATOR_FILTERS])
+def test_operators_equal_the_reference_semantics(where: dict) -> None:
+    rng = np.random.default_rng(1)
+    items = random_items(rng, range(1, 300))
+    items.update({i: {} for i in range(300, 320)})  # items without any metadata: rows too
+    columns = MetadataColumns()
+    load(columns, items)
+    check_filter(where)  # (the filters are valid ones)
+    expected = brute_conditions(items, where)
+    assert columns.matching(where).tolist() == expected
+    candidates = np.arange(0, 400)
+    assert columns.match(where, candidates).tolist() == expected
+    assert columns.estimate(where) >= len(expected)
+    if len(where) == 1:
+        assert columns.estimate(where) == len(expected)

@@ -20,11 +20,10 @@ from semstore.ingest.budget import PixelBudget
 from semstore.ingest.images import decode_image, decoded_pixels, open_image
 from semstore.names import InvalidNameError, UnsafePathError, check_collection_name, child_folder, is_valid_collection_name
 from semstore.uploads import UploadStore, clean_file_name, upload_uri
+from semstore.conditions import InvalidFilterError, check_filter
 from semstore.validation import (
-    InvalidFilterError,
     InvalidMetadataError,
     InvalidTextError,
-    check_filter,
     check_metadata,
     check_text,
     readable,

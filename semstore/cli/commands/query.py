@@ -15,7 +15,7 @@ from semstore.cli.params import (
     JsonOption,
     build_settings,
     open_database,
-    parse_pairs,
+    parse_where,
 )
 from semstore.cli.render import compact, echo_json, print_table
 
@@ -27,7 +27,14 @@ def search(
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")] = 10,
     where: Annotated[
         list[str] | None,
-        typer.Option("--where", "-w", help="KEY=VALUE metadata filter (repeatable; all must match)."),
+        typer.Option(
+            "--where", "-w",
+            help="Metadata filter KEY=VALUE, or KEY!=, KEY>, KEY>=, KEY<, KEY<= VALUE (repeatable; all must hold).",
+        ),
+    ] = None,
+    filter_json: Annotated[
+        str | None,
+        typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"tag": {"$in": ["cat", "dog"]}}\' (with --where: both hold).'),
     ] = None,
     min_score: Annotated[float | None, typer.Option("--min-score", help="Drop hits scoring below this cosine.")] = None,
     rerank: Annotated[
@@ -43,7 +50,7 @@ def search(
 
     JSON output is one object per line: rank, id, score, source, metadata, width, height.
     """
-    filters = parse_pairs(where, "--where")
+    filters = parse_where(where, filter_json)
     options: dict[str, object] = {}
     if rerank is not None:
         options["rerank"] = rerank or None
