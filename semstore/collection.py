@@ -31,6 +31,7 @@ from semstore.conditions import check_filter
 from semstore.validation import check_metadata
 
 if TYPE_CHECKING:
+    from semstore.exif_backfill import BackfillReport
     from semstore.database import Database
     from semstore.index_service import IndexService, SearchIndex
     from semstore.distributed import RayIngestOptions
@@ -299,7 +300,9 @@ class Collection:
         """One item (score NaN) with its source URI and metadata."""
         with self._db.sessions() as session:
             item = storage.get_item(session, collection_id=self.id, item_id=item_id)
-            return hits_from_rows([item], [float("nan")])[0]
+            facts = storage.item_exif(session, collection_id=self.id, ids=[item_id]).get(item_id)
+            row = storage.HitRow(item.id, item.source_uri, item.metadata_, item.width, item.height, facts)
+            return hits_from_rows([row], [float("nan")])[0]
 
     def source_bytes(
         self, item_id: int, *, max_bytes: int | None = None, allowed_roots: Sequence[str | os.PathLike[str]] | None = None
@@ -509,6 +512,13 @@ class Collection:
         else:
             source = DatabaseFilter(reader, self.id, where, self.filters)
         return filtered_search(index, vector, k, rerank, source, selective=selective)
+
+    def backfill_exif(self, *, progress: bool = False) -> BackfillReport:
+        """Read and store the EXIF facts of items stored before ingest read them (see
+        :mod:`semstore.exif_backfill`)."""
+        from semstore.exif_backfill import backfill_exif
+
+        return backfill_exif(self, progress=progress)
 
     def classify(
         self, labels: Sequence[str], *, template: str = "a photo of a {}.", progress: bool = False

@@ -7,10 +7,15 @@ A filter maps metadata keys to what the key's value must satisfy; every key must
     {"tag": {"$in": ["cat", "dog"]}}         # one of these values ("$nin": none of them)
     {"camera": {"$ne": "leica"}}             # anything else, the key missing included
     {"rating": {"$exists": True}}            # the key holds a filterable (scalar) value
+    {"exif.taken_at": {"$gte": "2024-05-01"}, "exif.model": "X100V"}   # photo facts (EXIF)
+    {"exif.location": {"$near": [48.85, 2.35, 10]}}                     # within 10 km
 
 Types follow the equality of stored values: ``"1"``, ``1`` and ``true`` differ, ``1`` equals
 ``1.0``; a range compares numbers with numbers (booleans are not numbers) and strings with
-strings by code point, so ISO 8601 dates in one format and time zone order as dates. Only
+strings by code point, so ISO 8601 dates in one format and time zone order as dates.
+``exif.*`` keys are the photo facts of :mod:`semstore.exif_fields` (typed: a time takes ISO
+dates, a model a string, a latitude a number); ``exif.location`` takes ``$near`` (a
+great-circle radius in km) or ``$box`` (west > east crosses the antimeridian). Only
 scalar members are filterable: a key holding an object, a list or null does not match
 ``$exists``, and matches ``$ne`` / ``$nin`` as a missing key does.
 
@@ -27,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from semstore import exif_fields
 from semstore.validation import MAX_KEY_CHARS, MAX_TEXT_CHARS, InvalidTextError, check_text
 
 Scalar = str | int | float | bool
@@ -79,8 +85,59 @@ def check_filter(where: object, *, max_keys: int = MAX_FILTER_KEYS) -> dict[str,
         except InvalidTextError as exc:
             raise InvalidFilterError(str(exc)) from None
         shown = repr(key[:40])
-        checked[key] = _check_operators(value, shown) if isinstance(value, Mapping) else _check_scalar(value, f"the filter value of {shown}")
+        if key.startswith(exif_fields.PREFIX):
+            checked[key] = _check_exif(key, value, shown)
+        elif isinstance(value, Mapping):
+            checked[key] = _check_operators(value, shown)
+        else:
+            checked[key] = _check_scalar(value, f"the filter value of {shown}")
     return checked
+
+
+def _check_exif(key: str, value: object, shown: str) -> Any:
+    """An ``exif.*`` key: a known field, with operands of its kind (times as ISO text)."""
+    if key == exif_fields.LOCATION:
+        return _check_location(value, shown)
+    field = exif_fields.FIELDS.get(key)
+    if field is None:
+        known = ", ".join([*exif_fields.FIELDS, exif_fields.LOCATION])
+        raise InvalidFilterError(f"unknown EXIF field {shown} (known: {known})")
+    checked = _check_operators(value, shown) if isinstance(value, Mapping) else _check_scalar(value, f"the filter value of {shown}")
+    operands = [checked] if not isinstance(checked, Mapping) else [
+        item for op, operand in checked.items() if op != "$exists" for item in (operand if isinstance(operand, list) else [operand])
+    ]
+    kind = field[1]
+    for operand in operands:
+        if kind == "time":
+            if not isinstance(operand, str):
+                raise InvalidFilterError(f"{shown} compares with ISO 8601 dates or date-times (e.g. \"2024-05-01\"), got {operand!r}")
+            try:
+                exif_fields.parse_local_time(operand)
+            except ValueError as exc:
+                raise InvalidFilterError(f"{shown}: {exc}") from None
+        elif value_kind(operand) != kind:
+            raise InvalidFilterError(f"{shown} holds {'strings' if kind == 'text' else 'numbers'}, got {operand!r}")
+    return checked
+
+
+def _check_location(value: object, shown: str) -> dict[str, list[float]]:
+    if not isinstance(value, Mapping) or len(value) != 1 or next(iter(value)) not in ("$near", "$box"):
+        raise InvalidFilterError(f'{shown} takes {{"$near": [lat, lon, km]}} or {{"$box": [south, west, north, east]}}')
+    ((op, operand),) = value.items()
+    if not isinstance(operand, list | tuple) or len(operand) != (3 if op == "$near" else 4) or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in operand
+    ):
+        wanted = "[lat, lon, km]" if op == "$near" else "[south, west, north, east]"
+        raise InvalidFilterError(f"the {op} operand of {shown} must be {wanted} (numbers)")
+    numbers = [float(x) for x in operand]
+    latitudes, longitudes = (numbers[:1], numbers[1:2]) if op == "$near" else (numbers[0::2], numbers[1::2])
+    if not all(-90 <= x <= 90 for x in latitudes) or not all(-180 <= x <= 180 for x in longitudes):
+        raise InvalidFilterError(f"the {op} operand of {shown}: latitudes lie in [-90, 90], longitudes in [-180, 180]")
+    if op == "$near" and not 0 < numbers[2] <= math.pi * exif_fields.EARTH_RADIUS_KM:
+        raise InvalidFilterError(f"the $near radius of {shown} must be positive km (at most half the Earth's circumference)")
+    if op == "$box" and numbers[0] > numbers[2]:
+        raise InvalidFilterError(f"the $box of {shown}: south must not be north of north")
+    return {op: numbers}
 
 
 def _check_operators(value: Mapping[Any, Any], key: str) -> dict[str, Any]:
@@ -134,13 +191,14 @@ def _check_scalar(value: object, field: str) -> Scalar:
 
 
 def conditions_of(value: Any) -> tuple[Condition, ...]:
-    """The conditions of one key of a checked filter (a scalar is ``eq``)."""
+    """The conditions of one key of a checked filter (a scalar is ``eq``; ``exif.location``
+    gives ``near`` / ``box`` with a tuple of numbers)."""
     if not isinstance(value, Mapping):
         return (Condition("eq", value),)
     found = []
     for op, operand in value.items():
         name = op[1:]
-        found.append(Condition(name, tuple(operand) if name in ("in", "nin") else operand))
+        found.append(Condition(name, tuple(operand) if name in ("in", "nin", "near", "box") else operand))
     return tuple(found)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from semstore import exif_fields
 from semstore.codec import PQVAECodec
 from semstore.validation import readable
 
@@ -25,6 +26,8 @@ class SearchHit:
     metadata: dict[str, Any] = field(default_factory=dict)
     width: int | None = None
     height: int | None = None
+    #: The photo facts read from its EXIF block (see :func:`semstore.exif_fields.display`): taken_at, make, model, ...
+    exif: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +55,7 @@ def hits_from_rows(rows: Sequence[Any], scores: Sequence[float]) -> list[SearchH
             metadata=readable(dict(row.metadata_ or {})),
             width=row.width,
             height=row.height,
+            exif=readable(exif_fields.display(facts)) if (facts := getattr(row, "exif", None)) else {},
         )
         for row, score in zip(rows, scores)
     ]

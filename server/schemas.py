@@ -53,6 +53,7 @@ RangeValue = (
     | Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)]
 )
 ValueList = Annotated[list[FilterValue], Field(min_length=1, max_length=MAX_IN_VALUES)]
+FiniteNumber = Annotated[StrictInt, Field(ge=-_INT64, lt=_INT64)] | Annotated[StrictFloat, Field(allow_inf_nan=False)]
 
 
 class FilterOperators(BaseModel):
@@ -70,6 +71,12 @@ class FilterOperators(BaseModel):
     in_: ValueList | None = Field(default=None, alias="$in", description="One of these values.")
     nin: ValueList | None = Field(default=None, alias="$nin", description="None of these values (a missing key too).")
     exists: StrictBool | None = Field(default=None, alias="$exists", description="Whether the key holds a scalar value.")
+    near: Annotated[list[FiniteNumber], Field(min_length=3, max_length=3)] | None = Field(
+        default=None, alias="$near", description="exif.location only: [lat, lon, km], within km (great circle)."
+    )
+    box: Annotated[list[FiniteNumber], Field(min_length=4, max_length=4)] | None = Field(
+        default=None, alias="$box", description="exif.location only: [south, west, north, east] (west > east crosses 180)."
+    )
 
 
 def _plain_filter(value: Any) -> Any:
@@ -182,6 +189,7 @@ class ItemOut(BaseModel):
     metadata: dict[str, Any]
     width: int | None
     height: int | None
+    exif: dict[str, Any] = Field(default_factory=dict, description="Photo facts from the image's EXIF block (as in a search hit).")
     codes: str | None = None
     code_dtype: str | None = None
     embedding: list[float] | None = None
@@ -250,6 +258,10 @@ class Hit(BaseModel):
     metadata: dict[str, Any]
     width: int | None
     height: int | None
+    exif: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Photo facts from the image's EXIF block: taken_at (local time, ISO 8601), make, model, lens, latitude, longitude, orientation, width, height.",
+    )
 
 
 class Timing(BaseModel):

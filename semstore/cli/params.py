@@ -175,3 +175,28 @@ def parse_where(pairs: Sequence[str] | None, filter_json: str | None = None) -> 
         operators[op] = value
         where[key] = operators
     return where
+
+
+def photo_filters(
+    where: dict[str, Any], *, taken_after: str | None, taken_before: str | None, near: str | None, camera: str | None
+) -> dict[str, Any]:
+    """``where`` with the EXIF options added: ``--taken-after`` (inclusive) / ``--taken-before``
+    (exclusive) local dates, ``--near LAT,LON,KM`` and ``--camera MODEL``."""
+    combined = dict(where)
+    taken: dict[str, Any] = {}
+    if taken_after:
+        taken["$gte"] = taken_after
+    if taken_before:
+        taken["$lt"] = taken_before
+    if taken:
+        combined["exif.taken_at"] = taken
+    if near:
+        parts = [part.strip() for part in near.split(",")]
+        try:
+            lat, lon, km = (float(part) for part in parts)
+        except ValueError:
+            raise CliError(f"--near expects LAT,LON,KM (three numbers), got {near!r}") from None
+        combined["exif.location"] = {"$near": [lat, lon, km]}
+    if camera:
+        combined["exif.model"] = camera
+    return combined

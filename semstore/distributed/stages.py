@@ -8,9 +8,10 @@ Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format).
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.encoders import Encoder, build_encoder
+from semstore.ingest.exif import exif_row
 from semstore.ingest.images import BadImageError, content_hash, decode_image
 from semstore.ingest.pipeline import FailedSource, new_items, read_source, store_items
 
@@ -81,12 +83,14 @@ def read_batch(
             row["status"], row["reason"] = FAILED, exc.reason
             continue
         row["pixels"], row["width"], row["height"] = np.asarray(decoded.image, dtype=np.uint8), decoded.width, decoded.height
+        found = exif_row(decoded.exif)
+        row["exif"] = json.dumps(found) if found else ""  # (a plain column: JSON text, "" without EXIF)
     return _columns(rows)
 
 
 def _row(source: str, digest: str, status: str, reason: str, **extra: Any) -> dict[str, Any]:
     return {"source": source, "digest": digest, "status": status, "reason": reason,
-            "pixels": _EMPTY_PIXELS, "width": 0, "height": 0, **extra}
+            "pixels": _EMPTY_PIXELS, "width": 0, "height": 0, "exif": "", **extra}
 
 
 def _columns(rows: list[dict[str, Any]]) -> Batch:
@@ -100,6 +104,7 @@ def _columns(rows: list[dict[str, Any]]) -> Batch:
         "pixels": pixels,
         "width": np.array([r["width"] for r in rows], dtype=np.int64),
         "height": np.array([r["height"] for r in rows], dtype=np.int64),
+        "exif": np.array([r["exif"] for r in rows], dtype=object),
     }
 
 
@@ -200,7 +205,8 @@ def write_batch(
             (str(batch["source"][r]), str(batch["digest"][r]), int(batch["width"][r]), int(batch["height"][r]))
             for r in rows
         ]
-        items = new_items(images, np.asarray(batch["codes"])[rows], codec_id=codec_id, metadata=metadata)
+        exif = [json.loads(batch["exif"][r]) if "exif" in batch and batch["exif"][r] else None for r in rows]
+        items = new_items(images, np.asarray(batch["codes"])[rows], codec_id=codec_id, metadata=metadata, exif=exif)
         kept, ids = store_items(worker_sessions(database_url), collection_id, items)
         stored = {rows[k]: i for k, i in zip(kept, ids)}
         for row in rows:

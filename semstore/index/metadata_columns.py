@@ -32,6 +32,7 @@ import itertools
 import numpy as np
 
 from semstore.conditions import Condition, conditions_of
+from semstore.exif_fields import PREFIX as EXIF_PREFIX
 
 #: A key with more distinct values than this is not held in memory (filters on it use SQL).
 DEFAULT_MAX_DISTINCT = 65_536
@@ -180,8 +181,9 @@ class MetadataColumns:
         return rows.ids[rows.live]
 
     def covers(self, where: Mapping[str, Any]) -> bool:
-        """Whether these columns can answer ``where`` (no key of it was dropped)."""
-        return not any(key in self._dropped for key in where)
+        """Whether these columns can answer ``where``: no key of it was dropped, and none is an
+        EXIF field (those live in the database's typed ``item_exif`` table)."""
+        return not any(key in self._dropped or key.startswith(EXIF_PREFIX) for key in where)
 
     def estimate(self, where: Mapping[str, Any]) -> int:
         """An upper bound of the items matching ``where`` (exact for one key)."""

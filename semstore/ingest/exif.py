@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 from PIL.ExifTags import GPS, IFD, Base
 
-from semstore.ingest.images import ALLOWED_FORMATS
+from semstore.exif_fields import local_seconds, stored_value
 from semstore.validation import InvalidTextError, check_text
 
 __all__ = ["EMPTY_EXIF", "MAX_EXIF_TEXT_CHARS", "PhotoExif", "read_exif", "read_exif_bytes"]
@@ -84,6 +84,27 @@ class PhotoExif:
 EMPTY_EXIF = PhotoExif()
 
 
+def exif_row(exif: PhotoExif) -> dict[str, object] | None:
+    """The ``item_exif`` columns of ``exif`` (see :mod:`semstore.exif_fields`); None when empty."""
+    if exif.is_empty():
+        return None
+    taken, offset = exif.taken_at, None
+    if taken is not None and taken.utcoffset() is not None:
+        offset = int(taken.utcoffset().total_seconds() // 60)  # type: ignore[union-attr]
+    return {
+        "taken_at": local_seconds(taken) if taken is not None else None,
+        "taken_at_offset_minutes": offset,
+        "camera_make": exif.camera_make,
+        "camera_model": exif.camera_model,
+        "lens": exif.lens,
+        "latitude_microdeg": stored_value("latitude_microdeg", exif.gps_latitude),
+        "longitude_microdeg": stored_value("longitude_microdeg", exif.gps_longitude),
+        "orientation": exif.orientation,
+        "original_width": exif.original_width,
+        "original_height": exif.original_height,
+    }
+
+
 def read_exif(image: Image.Image) -> PhotoExif:
     """The photo EXIF fields of an opened image; :data:`EMPTY_EXIF` when it has none.
 
@@ -129,6 +150,8 @@ def read_exif_bytes(data: bytes) -> PhotoExif:
     Only the header is parsed (no pixels are decoded), and only the formats that ingest
     accepts (:data:`~semstore.ingest.images.ALLOWED_FORMATS`) are tried.
     """
+    from semstore.ingest.images import ALLOWED_FORMATS  # (images.py reads EXIF with read_exif: imported here)
+
     try:
         # Pillow's JPEG reader already parses EXIF (for the resolution) while opening, and
         # warns there about a corrupt block.

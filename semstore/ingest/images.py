@@ -27,6 +27,7 @@ from typing import IO, NamedTuple
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from semstore.ingest.budget import PixelBudget
+from semstore.ingest.exif import EMPTY_EXIF, PhotoExif, read_exif
 from semstore.storage.types import DIGEST_HEX_CHARS
 
 __all__ = [
@@ -77,11 +78,13 @@ class BadImageError(ValueError):
 
 
 class DecodedImage(NamedTuple):
-    """A decoded RGB image (possibly shrunk to the caller's ``min_edge``) and its full size."""
+    """A decoded RGB image (possibly shrunk to the caller's ``min_edge``), its full size, and
+    the photo facts of its EXIF block (:data:`~semstore.ingest.exif.EMPTY_EXIF` without one)."""
 
     image: Image.Image
     width: int
     height: int
+    exif: PhotoExif = EMPTY_EXIF
 
 
 def content_hash(data: bytes) -> str:
@@ -196,6 +199,7 @@ def _decode(fp: IO[bytes], max_pixels: int, min_edge: int | None, budget: PixelB
     image, header, stream_size = _open(fp, max_pixels)
     with image:
         _check_frames(image)
+        exif = read_exif(image)  # (from the header: before the pixels are decoded)
         full_width, full_height = image.size
         _draft(image, min_edge)
         width, height = image.size
@@ -212,7 +216,7 @@ def _decode(fp: IO[bytes], max_pixels: int, min_edge: int | None, budget: PixelB
             _apply_exif_orientation(loaded)
             if loaded.size != before and loaded.size == before[::-1]:
                 full_width, full_height = full_height, full_width  # rotated by its EXIF orientation
-            return DecodedImage(_to_rgb(loaded), full_width, full_height)
+            return DecodedImage(_to_rgb(loaded), full_width, full_height, exif)
 
 
 def _reduce(image: Image.Image, min_edge: int | None) -> Image.Image:

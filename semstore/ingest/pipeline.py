@@ -24,6 +24,7 @@ from semstore import storage
 from semstore.codec import PQVAECodec
 from semstore.encoders import Encoder
 from semstore.ingest.budget import PixelBudget
+from semstore.ingest.exif import exif_row
 from semstore.ingest.images import BadImageError, content_hash, decode_image
 from semstore.ingest.sources import iter_image_files
 
@@ -101,6 +102,7 @@ class _Decoded:
     image: Any
     width: int
     height: int
+    exif: dict[str, object] | None = None  # item_exif columns (None: the image has no EXIF)
 
 
 @dataclass
@@ -272,7 +274,7 @@ class IngestPipeline:
             except BadImageError as exc:
                 failed.append(FailedSource(name, exc.reason))
                 continue
-            decoded.append(_Decoded(name, digest, image.image, image.width, image.height))
+            decoded.append(_Decoded(name, digest, image.image, image.width, image.height, exif_row(image.exif)))
         return _Pending(decoded, failed, skipped)
 
     def _accept(
@@ -320,7 +322,8 @@ class IngestPipeline:
     ) -> None:
         assert self._codec_id is not None
         items = new_items(
-            [(d.source, d.digest, d.width, d.height) for d in decoded], codes, codec_id=self._codec_id, metadata=metadata
+            [(d.source, d.digest, d.width, d.height) for d in decoded], codes, codec_id=self._codec_id, metadata=metadata,
+            exif=[d.exif for d in decoded],
         )
         kept, ids = store_items(self._sessions, self._collection_id, items)
         report.skipped += len(items) - len(kept)
@@ -379,8 +382,11 @@ def new_items(
     *,
     codec_id: int,
     metadata: Mapping[str, Any] | None,
+    exif: Sequence[Mapping[str, Any] | None] | None = None,
 ) -> list[storage.NewItem]:
-    """Rows to insert for ``(source, content hash, width, height)`` images and their codes."""
+    """Rows to insert for ``(source, content hash, width, height)`` images and their codes
+    (and each image's ``item_exif`` columns, if read)."""
+    facts = list(exif) if exif is not None else [None] * len(images)
     return [
         storage.NewItem(
             source_uri=source,
@@ -390,8 +396,9 @@ def new_items(
             width=width,
             height=height,
             metadata=dict(metadata) if metadata else None,
+            exif=found,
         )
-        for (source, digest, width, height), row in zip(images, storage.pack_codes(codes))
+        for (source, digest, width, height), row, found in zip(images, storage.pack_codes(codes), facts)
     ]
 
 

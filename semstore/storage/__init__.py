@@ -40,7 +40,7 @@ from semstore.storage.metadata_reads import ItemPosting, ValueIds, collection_va
 from semstore.storage.search_reads import HitRow, SearchReads
 from semstore.storage.shards import Shard, shards_of
 from semstore.storage.migrate import current_revision, head_revision, require_database, upgrade_head
-from semstore.storage.models import API_KEY_SCOPES, ApiKey, Base, Codec, Collection, Item
+from semstore.storage.models import API_KEY_SCOPES, ApiKey, Base, Codec, Collection, Item, ItemExif
 from semstore.storage.repository import (
     CollectionFingerprint,
     CollectionRevision,
@@ -76,11 +76,20 @@ from semstore.storage.repository import (
     touch_api_key,
     update_item_metadata,
     metadata_revision,
+    item_exif,
+    items_without_exif,
+    count_items_without_exif,
+    set_item_exif,
     written_revisions,
     forget_written_revisions,
 )
 
 __all__ = [
+    "ItemExif",
+    "item_exif",
+    "items_without_exif",
+    "count_items_without_exif",
+    "set_item_exif",
     "ItemPosting",
     "ValueIds",
     "collection_values",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,6 +90,7 @@ def create_db_engine(url: str, *, sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS
 
         @event.listens_for(engine, "connect")
         def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            _ensure_math_functions(dbapi_connection)
             cursor = dbapi_connection.cursor()
             try:
                 for pragma in pragmas:
@@ -135,3 +138,16 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """Open a session and a transaction; commit on success, roll back on any exception."""
     with factory() as session, session.begin():
         yield session
+
+
+_MATH_FUNCTIONS = {"sin": math.sin, "cos": math.cos, "asin": math.asin, "sqrt": math.sqrt, "radians": math.radians}
+
+
+def _ensure_math_functions(dbapi_connection: Any) -> None:
+    """The SQL math functions the GPS radius filter uses, where this SQLite build lacks them
+    (they are a compile-time option: SQLITE_ENABLE_MATH_FUNCTIONS)."""
+    try:
+        dbapi_connection.execute("SELECT asin(0), sin(0), cos(0), sqrt(1), radians(0)").fetchall()
+    except sqlite3.OperationalError:
+        for name, function in _MATH_FUNCTIONS.items():
+            dbapi_connection.create_function(name, 1, function, deterministic=True)

@@ -16,6 +16,7 @@ Matching ids come back as one aggregate (comma-separated text, an array), not on
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from semstore import exif_fields
 from semstore.conditions import Condition, InvalidFilterError, check_filter, conditions_of
 from semstore.storage.errors import CollectionNotFoundError, StorageError
 from semstore.storage.repository import CollectionRevision, MetadataValue, Reader
@@ -140,6 +142,8 @@ class _Statement:
         if op in ("ne", "nin") or (op == "exists" and not value):
             positive = Condition({"ne": "eq", "nin": "in"}.get(op, "exists"), True if op == "exists" else value)
             return f"SELECT item_id FROM ({self.everything()} EXCEPT {self.condition(key, positive)}) AS excluded"
+        if key.startswith(exif_fields.PREFIX):
+            return self._exif(key, condition)
         if op == "exists":
             return self._postings(key, lambda: "")
         if op == "in":
@@ -148,6 +152,54 @@ class _Statement:
         if op == "eq":
             return self._postings(key, lambda: self._equals(value))
         return self._postings(key, lambda: self._compares(_COMPARE[op], value))
+
+    def _exif(self, key: str, condition: Condition) -> str:
+        """A positive condition on the typed ``item_exif`` columns (indexed by collection and field)."""
+        head = f"SELECT item_id FROM item_exif WHERE collection_id = {self.bind(self._collection_id)}"
+        op, value = condition.op, condition.value
+        if key == exif_fields.LOCATION:
+            return head + self._location(op, value) + self._among("item_id")
+        column, kind = exif_fields.FIELDS[key]
+
+        def operand(item: Any) -> str:
+            return self.bind(exif_fields.parse_local_time(item) if kind == "time" else exif_fields.stored_value(column, item))
+
+        if op == "exists":
+            test = f" AND {column} IS NOT NULL"
+        elif op == "in":
+            test = f" AND {column} IN ({', '.join(operand(item) for item in value)})"
+        else:
+            test = f" AND {column} {'=' if op == 'eq' else _COMPARE[op]} {operand(value)}"
+        return head + test + self._among("item_id")
+
+    def _location(self, op: str, value: tuple[float, ...]) -> str:
+        if op == "box":
+            south, west, north, east = value
+            ranges = [(west, east)] if west <= east else [(west, 180.0), (-180.0, east)]
+        else:
+            lat, lon, km = value
+            south, north, ranges = exif_fields.bounding_box(lat, lon, km)
+        def low(degrees: float) -> str:  # (outward: the box never loses a point to rounding)
+            return self.bind(math.floor(degrees * 1_000_000))
+
+        def high(degrees: float) -> str:
+            return self.bind(math.ceil(degrees * 1_000_000))
+
+        box = f" AND latitude_microdeg BETWEEN {low(south)} AND {high(north)} AND ("
+        box += " OR ".join(f"longitude_microdeg BETWEEN {low(w)} AND {high(e)}" for w, e in ranges) + ")"
+        if op == "box":
+            return box
+        # the exact great-circle distance (haversine) of the points inside the box
+        latitude, longitude = "(latitude_microdeg / 1000000.0)", "(longitude_microdeg / 1000000.0)"
+        haversine = (
+            f"2 * {exif_fields.EARTH_RADIUS_KM} * asin(sqrt(min(1.0, "
+            f"sin(radians({latitude} - {self.bind(lat)}) / 2) * sin(radians({latitude} - {self.bind(lat)}) / 2) + "
+            f"cos(radians({self.bind(lat)})) * cos(radians({latitude})) * "
+            f"sin(radians({longitude} - {self.bind(lon)}) / 2) * sin(radians({longitude} - {self.bind(lon)}) / 2))))"
+        )
+        if not self.sqlite:
+            haversine = haversine.replace("min(1.0, ", "least(1.0, ")
+        return box + f" AND {haversine} <= {self.bind(km)}"
 
     def _equals(self, value: Any) -> str:
         if not self.sqlite:

@@ -2,7 +2,7 @@
 
 Only compressed codes are persisted: no column anywhere holds a float embedding.
 The Alembic revisions in ``migrations/versions/`` (0001 creates the tables, 0002 compacts
-``items``, 0003-0005 add filter postings and counters) build exactly these models; a test checks that the migrated schema and the
+``items``, 0003-0005 add filter postings and counters, 0006 the EXIF table) build exactly these models; a test checks that the migrated schema and the
 models agree.
 """
 
@@ -119,6 +119,38 @@ class Item(Base):
 
     def __repr__(self) -> str:
         return f"Item(id={self.id!r}, collection_id={self.collection_id!r}, source_uri={self.source_uri!r})"
+
+
+class ItemExif(Base):
+    """The photo facts read from an item's EXIF block at ingest (or by a backfill): typed and
+    indexed for filters. A row with every field NULL means "read, no EXIF"; no row means
+    "never read" (an item stored before migration 0006, until ``semstore exif-backfill``)."""
+
+    __tablename__ = "item_exif"
+    __table_args__ = (
+        Index("ix_item_exif_taken_at", "collection_id", "taken_at"),
+        Index("ix_item_exif_camera", "collection_id", "camera_model"),
+        Index("ix_item_exif_location", "collection_id", "latitude_microdeg", "longitude_microdeg"),
+    )
+
+    item_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(Integer)
+    # The local wall-clock time the camera recorded, as seconds since 1970-01-01T00:00:00 of
+    # that clock (no time zone applied), and the offset to UTC when the file gives one.
+    taken_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    taken_at_offset_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    camera_make: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    camera_model: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lens: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Millionths of a degree (about 11 cm): integers, so that no column anywhere holds a float.
+    latitude_microdeg: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    longitude_microdeg: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    orientation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    original_width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    original_height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    def __repr__(self) -> str:
+        return f"ItemExif(item_id={self.item_id!r}, taken_at={self.taken_at!r}, camera_model={self.camera_model!r})"
 
 
 class ApiKey(Base):

@@ -38,7 +38,7 @@ from semstore.storage.errors import (
     DuplicateItemError,
     ItemNotFoundError,
 )
-from semstore.storage.models import API_KEY_SCOPES, ApiKey, Codec, Collection, Item
+from semstore.storage.models import API_KEY_SCOPES, ApiKey, Codec, Collection, Item, ItemExif
 from semstore.storage.shards import Shard
 from semstore.storage.types import digest_bytes
 from semstore.validation import check_metadata, check_text
@@ -77,6 +77,9 @@ class NewItem:
     width: int | None = None
     height: int | None = None
     metadata: Mapping[str, Any] | None = None
+    #: ``item_exif`` columns read from the image (see :mod:`semstore.exif_fields`); None or
+    #: empty: no row (no EXIF, or never read).
+    exif: Mapping[str, Any] | None = None
 
 
 class CollectionState(NamedTuple):
@@ -295,7 +298,61 @@ def add_items(session: Session, *, collection_id: int, items: Sequence[NewItem])
         if _is_unique_violation(exc):
             raise DuplicateItemError("an item with the same content_hash is already in the collection") from exc
         raise
-    return list(result.scalars())
+    ids = list(result.scalars())
+    exif_rows = [{**item.exif, "item_id": item_id, "collection_id": collection_id} for item, item_id in zip(items, ids) if item.exif]
+    if exif_rows:
+        session.execute(insert(ItemExif), exif_rows)
+    return ids
+
+
+def set_item_exif(session: Session, *, collection_id: int, rows: Mapping[int, Mapping[str, Any]]) -> int:
+    """Store the EXIF facts of existing items of the collection (replacing any row they had;
+    ids not in the collection are skipped); bumps the revision. Returns how many were stored."""
+    if not rows:
+        return 0
+    present = set(session.scalars(select(Item.id).where(Item.collection_id == collection_id, Item.id.in_(list(rows)))))
+    if not present:
+        return 0
+    session.execute(delete(ItemExif).where(ItemExif.item_id.in_(list(present))))
+    session.execute(
+        insert(ItemExif), [{**rows[i], "item_id": i, "collection_id": collection_id} for i in sorted(present)]
+    )
+    _bump_revision(session, collection_id)  # (not metadata_revision: the in-memory columns hold no EXIF)
+    return len(present)
+
+
+def item_exif(session: Reader, *, collection_id: int, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The ``item_exif`` rows (column -> value) of these items, by id (items without one are absent)."""
+    found: dict[int, dict[str, Any]] = {}
+    columns = [c for c in ItemExif.__table__.columns if c.name not in ("item_id", "collection_id")]
+    for chunk in _chunks(list(dict.fromkeys(int(i) for i in ids))):
+        stmt = select(ItemExif.item_id, *columns).where(ItemExif.collection_id == collection_id, ItemExif.item_id.in_(chunk))
+        for row in session.execute(stmt):
+            found[int(row[0])] = {c.name: value for c, value in zip(columns, row[1:])}
+    return found
+
+
+def count_items_without_exif(session: Session, *, collection_id: int) -> int:
+    """How many of the collection's items have no EXIF row."""
+    stmt = (
+        select(func.count(Item.id))
+        .outerjoin(ItemExif, ItemExif.item_id == Item.id)
+        .where(Item.collection_id == collection_id, ItemExif.item_id.is_(None))
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def items_without_exif(session: Session, *, collection_id: int, after_id: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+    """``(id, source URI)`` of the collection's items above ``after_id`` that have no EXIF row
+    (never read, or read and found none), ascending, at most ``limit``."""
+    stmt = (
+        select(Item.id, Item.source_uri)
+        .outerjoin(ItemExif, ItemExif.item_id == Item.id)
+        .where(Item.collection_id == collection_id, Item.id > after_id, ItemExif.item_id.is_(None))
+        .order_by(Item.id)
+        .limit(limit)
+    )
+    return [(int(i), uri) for i, uri in session.execute(stmt)]
 
 
 def existing_hashes(session: Session, *, collection_id: int, hashes: Iterable[str]) -> set[str]:

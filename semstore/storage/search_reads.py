@@ -30,20 +30,25 @@ class HitRow(NamedTuple):
     metadata_: dict[str, Any] | None
     width: int | None
     height: int | None
+    exif: dict[str, Any] | None = None  # item_exif columns (None: no row)
 
 
 _REVISION = "SELECT revision, codec_id FROM collections WHERE id = {p}"
 # The hit rows and the collection's revision in one statement (one round trip): the
 # collection row always comes back, with NULLs when no item matches.
+#: The ``item_exif`` columns a hit shows, in the order the hit statement selects them.
+EXIF_COLUMNS = ("taken_at", "taken_at_offset_minutes", "camera_make", "camera_model", "lens", "latitude_microdeg",
+                "longitude_microdeg", "orientation", "original_width", "original_height")  # fmt: skip
+_EXIF_SELECT = ", ".join(f"e.{column}" for column in EXIF_COLUMNS)
 _HITS = {
     # ("+i.collection_id": look the ids up by rowid, not through the (collection_id, id) index
     # and then the rowid: one B-tree search per id instead of two)
-    "sqlite": "SELECT c.revision, c.codec_id, i.id, i.source_uri, i.metadata, i.width, i.height "
+    "sqlite": f"SELECT c.revision, c.codec_id, i.id, i.source_uri, i.metadata, i.width, i.height, e.item_id, {_EXIF_SELECT} "
     "FROM collections AS c LEFT JOIN items AS i ON +i.collection_id = c.id "
-    "AND i.id IN (SELECT value FROM json_each(?)) WHERE c.id = ?",
-    "postgresql": "SELECT c.revision, c.codec_id, i.id, i.source_uri, i.metadata, i.width, i.height "
+    "AND i.id IN (SELECT value FROM json_each(?)) LEFT JOIN item_exif AS e ON e.item_id = i.id WHERE c.id = ?",
+    "postgresql": f"SELECT c.revision, c.codec_id, i.id, i.source_uri, i.metadata, i.width, i.height, e.item_id, {_EXIF_SELECT} "
     "FROM collections AS c LEFT JOIN items AS i ON i.collection_id = c.id "
-    "AND i.id = ANY(%s) WHERE c.id = %s",
+    "AND i.id = ANY(%s) LEFT JOIN item_exif AS e ON e.item_id = i.id WHERE c.id = %s",
 }
 
 
@@ -76,12 +81,13 @@ class SearchReads:
         if not fetched:
             raise CollectionNotFoundError(f"no collection with id {collection_id}")
         by_id = {}
-        for _, _, item_id, uri, metadata, width, height in fetched:
+        for _, _, item_id, uri, metadata, width, height, exif_id, *exif in fetched:
             if item_id is None:
                 continue
             if isinstance(metadata, str | bytes):  # SQLite stores JSON text; psycopg decodes jsonb itself
                 metadata = json.loads(metadata)
-            by_id[int(item_id)] = HitRow(int(item_id), uri, metadata, width, height)
+            facts = dict(zip(EXIF_COLUMNS, exif)) if exif_id is not None else None
+            by_id[int(item_id)] = HitRow(int(item_id), uri, metadata, width, height, facts)
         revision = CollectionRevision(int(fetched[0][0]), fetched[0][1])
         return [by_id[i] for i in wanted if i in by_id], revision
 

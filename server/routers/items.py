@@ -109,7 +109,7 @@ def get_item(
 
 def _item_out(collection: Collection, item_id: int, *, codes: bool = False, embedding: bool = False) -> ItemOut:
     hit = collection.get(item_id)
-    out = ItemOut(id=hit.id, source_uri=hit.source_uri, metadata=hit.metadata, width=hit.width, height=hit.height)
+    out = ItemOut(id=hit.id, source_uri=hit.source_uri, metadata=hit.metadata, width=hit.width, height=hit.height, exif=hit.exif)
     if codes or embedding:
         stored = collection.codes(item_id)
         if codes:

@@ -94,7 +94,7 @@ def _search(collection: Collection, query: np.ndarray, started: float, options: 
     done = time.perf_counter()
     return SearchOut(
         hits=[
-            Hit(id=h.id, score=h.score, source_uri=h.source_uri, metadata=h.metadata, width=h.width, height=h.height)
+            Hit(id=h.id, score=h.score, source_uri=h.source_uri, metadata=h.metadata, width=h.width, height=h.height, exif=h.exif)
             for h in hits
         ],
         query=kind,

@@ -16,6 +16,7 @@ from semstore.cli.params import (
     build_settings,
     open_database,
     parse_where,
+    photo_filters,
 )
 from semstore.cli.render import compact, echo_json, print_table
 
@@ -36,6 +37,16 @@ def search(
         str | None,
         typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"tag": {"$in": ["cat", "dog"]}}\' (with --where: both hold).'),
     ] = None,
+    taken_after: Annotated[
+        str | None, typer.Option("--taken-after", help="Photos taken on or after this local date/time (EXIF), e.g. 2024-05-01.")
+    ] = None,
+    taken_before: Annotated[
+        str | None, typer.Option("--taken-before", help="Photos taken before this local date/time (EXIF), e.g. 2024-06-01.")
+    ] = None,
+    near: Annotated[
+        str | None, typer.Option("--near", help="Photos whose GPS position (EXIF) is within KM of LAT,LON, e.g. 48.86,2.35,5.")
+    ] = None,
+    camera: Annotated[str | None, typer.Option("--camera", help="Photos taken with this camera model (EXIF).")] = None,
     min_score: Annotated[float | None, typer.Option("--min-score", help="Drop hits scoring below this cosine.")] = None,
     rerank: Annotated[
         int | None,
@@ -50,7 +61,9 @@ def search(
 
     JSON output is one object per line: rank, id, score, source, metadata, width, height.
     """
-    filters = parse_where(where, filter_json)
+    filters = photo_filters(
+        parse_where(where, filter_json), taken_after=taken_after, taken_before=taken_before, near=near, camera=camera
+    )
     options: dict[str, object] = {}
     if rerank is not None:
         options["rerank"] = rerank or None
@@ -71,6 +84,7 @@ def search(
                     "metadata": hit.metadata,
                     "width": hit.width,
                     "height": hit.height,
+                    "exif": hit.exif,
                 }
             )
         return
@@ -78,7 +92,16 @@ def search(
         typer.echo("no results")
         return
     rows = [(rank, f"{hit.score:.4f}", hit.id, hit.source_uri, compact(hit.metadata)) for rank, hit in enumerate(hits, 1)]
-    print_table(None, ["rank", "score", "id", "source", "metadata"], rows, numeric=["rank", "score", "id"])
+    columns = ["rank", "score", "id", "source", "metadata"]
+    if any(hit.exif for hit in hits):
+        columns.append("taken / camera")
+        rows = [(*row, _photo_facts(hit.exif)) for row, hit in zip(rows, hits)]
+    print_table(None, columns, rows, numeric=["rank", "score", "id"])
+
+
+def _photo_facts(exif: dict[str, object]) -> str:
+    camera = " ".join(str(exif[k]) for k in ("make", "model") if exif.get(k))
+    return " / ".join(part for part in (str(exif.get("taken_at") or ""), camera) if part) or "-"
 
 
 def _needs_model(text: str | None, image: Path | None, item: int | None) -> bool:
