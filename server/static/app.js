@@ -18,6 +18,7 @@ const els = {
   uploadForm: $("upload-form"), uploadInput: $("upload-input"), uploadMeta: $("upload-meta"), uploadButton: $("upload-button"),
   detail: $("detail"), detailTitle: $("detail-title"), detailImage: $("detail-image"), detailNote: $("detail-note"),
   detailFacts: $("detail-facts"), detailOpen: $("detail-open"), detailMore: $("detail-more"), detailClose: $("detail-close"),
+  takenFrom: $("taken-from"), takenUntil: $("taken-until"), camera: $("camera"), clearFilters: $("clear-filters"),
 };
 
 let objectUrls = [];
@@ -155,27 +156,56 @@ async function runSearch(describe, request) {
   }
 }
 
+function nextDay(isoDate) {  // "until" is inclusive: photos before the next day's midnight
+  const day = new Date(`${isoDate}T00:00:00Z`);
+  day.setUTCDate(day.getUTCDate() + 1);
+  return day.toISOString().slice(0, 10);
+}
+
+function photoFilter() {  // the EXIF filter of the controls, or null (the server checks it)
+  const where = {};
+  const taken = {};
+  if (els.takenFrom.value) taken.$gte = els.takenFrom.value;
+  if (els.takenUntil.value) taken.$lt = nextDay(els.takenUntil.value);
+  if (Object.keys(taken).length) where["exif.taken_at"] = taken;
+  const camera = els.camera.value.trim();
+  if (camera) where["exif.model"] = camera;
+  return Object.keys(where).length ? where : null;
+}
+
+function filterNote(where) {
+  if (!where) return "";
+  const parts = [];
+  if (els.takenFrom.value) parts.push(`from ${els.takenFrom.value}`);
+  if (els.takenUntil.value) parts.push(`until ${els.takenUntil.value}`);
+  if (where["exif.model"]) parts.push(`camera ${where["exif.model"]}`);
+  return ` (photos ${parts.join(", ")})`;
+}
+
 function searchJson(payload) {
+  const where = photoFilter();
   return () => api(collectionPath("/search"), {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ ...payload, k: resultCount() }),
+    body: JSON.stringify({ ...payload, k: resultCount(), ...(where ? { where } : {}) }),
   });
 }
 
 function searchText(text) {
-  runSearch(`“${text}”`, searchJson({ text }));
+  runSearch(`“${text}”${filterNote(photoFilter())}`, searchJson({ text }));
 }
 
 function searchImage(file) {
   const form = new FormData();
+  const where = photoFilter();
   form.append("image", file, file.name || "image");
   form.append("k", String(resultCount()));
-  runSearch(`image ${file.name || ""}`.trim(), () => api(collectionPath("/search/image"), { method: "POST", body: form }));
+  if (where) form.append("where", JSON.stringify(where));
+  runSearch(`image ${file.name || ""}`.trim() + filterNote(where), () => api(collectionPath("/search/image"), { method: "POST", body: form }));
 }
 
 async function moreLikeThis(hit) {
-  await runSearch(`items like ${displayName(hit)}`, searchJson({ item_id: hit.id }));
+  await runSearch(`items like ${displayName(hit)}${filterNote(photoFilter())}`, searchJson({ item_id: hit.id }));
   els.heading.focus();
 }
 
@@ -218,6 +248,13 @@ function card(hit) {
   name.className = "name";
   name.textContent = displayName(hit);
   caption.append(score, name);
+  const facts = photoFacts(hit.exif || {});
+  if (facts) {
+    const exif = document.createElement("span");
+    exif.className = "exif";
+    exif.textContent = facts;
+    caption.append(exif);
+  }
   figure.append(caption);
   open.append(figure);
 
@@ -243,6 +280,12 @@ async function loadThumbnail(hit, img) {
     img.alt = `${displayName(hit)} (no preview)`;
     img.classList.add("missing");
   }
+}
+
+function photoFacts(exif) {  // "2023-05-01 14:03 · Fujifilm X100V" from a hit's EXIF facts
+  const taken = exif.taken_at ? exif.taken_at.slice(0, 16).replace("T", " ") : "";
+  const camera = [exif.make, exif.model].filter(Boolean).join(" ");
+  return [taken, camera].filter(Boolean).join(" · ");
 }
 
 // -- item details ---------------------------------------------------------------------------
@@ -272,6 +315,7 @@ async function openDetail(hit) {
     ...fact("score", hit.score.toFixed(4)),
     ...fact("size", size),
     ...(metadata.length ? metadata.flatMap(([key, value]) => fact(key, JSON.stringify(value))) : fact("metadata", "none")),
+    ...Object.entries(hit.exif || {}).flatMap(([key, value]) => fact(`EXIF ${key}`, String(value))),
   );
   els.detail.showModal();
   try {
@@ -401,6 +445,12 @@ els.forget.addEventListener("click", () => {
 });
 
 els.collection.addEventListener("change", () => sessionStorage.setItem(COLLECTION_STORAGE, els.collection.value));
+els.clearFilters.addEventListener("click", () => {
+  els.takenFrom.value = "";
+  els.takenUntil.value = "";
+  els.camera.value = "";
+  setStatus("Filters cleared: the next search covers every item.");
+});
 
 els.form.addEventListener("submit", (event) => {
   event.preventDefault();

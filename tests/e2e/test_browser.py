@@ -7,11 +7,15 @@ download is not used. Skipped, with the reason, when that binary is absent.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import COLLECTION, Photos, e2e_settings, encode, make_image, start_server
+from tests.exif_photos import CAMERAS, exif_photos
+
+EXIF_PHOTOS = exif_photos()
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -311,3 +315,57 @@ def test_search_page_uploads_images_with_metadata(browser, photos: Photos, tmp_p
         found = client.post(f"/v1/collections/{COLLECTION}/search", json={"text": "anything", "k": 5, "where": {"album": "from-the-page"}})
     assert found.status_code == 200, found.text
     assert sorted(hit["source_uri"].rsplit("/", 1)[-1] for hit in found.json()["hits"]) == [Path(f).name for f in files]
+
+
+@pytest.fixture(scope="module")
+def album(photos: Photos) -> dict[str, int]:
+    """A second collection ``album`` (the photos collection's codec) of JPEGs with EXIF blocks."""
+    with photos.client(photos.keys.admin) as client:
+        codec = client.get(f"/v1/collections/{COLLECTION}").json()["codec_hash"]
+        assert client.post("/v1/collections", json={"name": "album", "codec": codec}).status_code == 201
+        ids: dict[str, int] = {}
+        step = photos.settings.max_images_per_request
+        for start in range(0, len(EXIF_PHOTOS), step):
+            batch = EXIF_PHOTOS[start : start + step]
+            response = client.post("/v1/collections/album/items", files=[("files", (p.name, p.data, "image/jpeg")) for p in batch])
+            assert response.status_code == 200, response.text
+            ids.update({entry["source"]: entry["id"] for entry in response.json()["files"]})
+    return ids
+
+
+def test_search_page_filters_by_date_and_camera_and_shows_exif(browser, photos: Photos, album: dict[str, int], tmp_path: Path) -> None:  # noqa: ANN001
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(photos.url + "/")
+        page.fill("#api-key", photos.keys.reader)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#collection option[value='album']", state="attached")
+        page.select_option("#collection", "album")
+        page.fill("#k", "50")  # (the e2e server caps k at 50; the album holds 37 photos)
+        page.fill("#taken-from", "2023-03-01")
+        page.fill("#taken-until", "2023-06-30")  # inclusive: up to 2023-07-01 00:00
+        page.fill("#camera", "X100V")
+        page.fill("#query", "a photo")
+        page.click("#search-button")
+        page.wait_for_function("() => /results for|failed/.test(document.querySelector('#status').textContent)")
+        assert "results for" in _status(page), _status(page)
+        shown = {int(i) for i in page.eval_on_selector_all("#results .card", "cards => cards.map((c) => c.dataset.id)")}
+        wanted = {album[p.name] for p in EXIF_PHOTOS
+                  if p.taken is not None and datetime(2023, 3, 1) <= p.taken < datetime(2023, 7, 1) and p.camera == CAMERAS[0]}  # fmt: skip
+        assert wanted and shown == wanted, (shown, wanted)
+        assert "photos from 2023-03-01, until 2023-06-30, camera X100V" in _status(page)
+        captions = page.eval_on_selector_all("#results .card .exif", "spans => spans.map((s) => s.textContent)")
+        assert len(captions) == len(wanted) and all("Fujifilm X100V" in c and c.startswith("2023-0") for c in captions)
+        page.screenshot(path=str(tmp_path / "date-filter.png"), full_page=True)
+        assert (tmp_path / "date-filter.png").stat().st_size > 10_000
+        page.click("#clear-filters")
+        page.click("#search-button")
+        page.wait_for_function("() => !document.querySelector('#status').textContent.includes('photos from')")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('results for')")
+        assert len(page.query_selector_all("#results .card")) == len(EXIF_PHOTOS)  # every photo again
+        assert errors == []
+    finally:
+        context.close()
