@@ -327,3 +327,36 @@ def test_concurrent_searches_match_sequential_ones(photos: Photos) -> None:
         with ThreadPoolExecutor(max_workers=8) as pool:
             concurrent = list(pool.map(ask, queries))
     assert concurrent == sequential
+
+
+def test_exif_facts_and_filters_over_http(photos: Photos) -> None:
+    from semstore import exif_fields
+    from tests.exif_photos import CAMERAS, exif_photos
+
+    album = exif_photos()[:12]
+    with photos.client(photos.keys.admin) as client:
+        codec = client.get(f"/v1/collections/{COLLECTION}").json()["codec_hash"]
+        assert client.post("/v1/collections", json={"name": "http-album", "codec": codec}).status_code == 201
+        ids: dict[str, int] = {}
+        for start in range(0, len(album), photos.settings.max_images_per_request):
+            batch = album[start : start + photos.settings.max_images_per_request]
+            response = client.post("/v1/collections/http-album/items", files=[("files", (p.name, p.data, "image/jpeg")) for p in batch])
+            assert response.status_code == 200, response.text
+            ids.update({entry["source"]: entry["id"] for entry in response.json()["files"]})
+        url = "/v1/collections/http-album/search"
+        first = album[0]
+        item = client.get(f"/v1/collections/http-album/items/{ids[first.name]}").json()
+        assert item["exif"]["model"] == first.camera[1] and item["exif"]["taken_at"].startswith(first.taken.isoformat())
+        where = {"exif.model": CAMERAS[1][1], "exif.location": {"$near": [40.7128, -74.0060, 50]}}
+        hits = client.post(url, json={"text": "x", "k": 50, "where": where}).json()["hits"]
+        expected = {
+            ids[p.name] for p in album
+            if p.camera == CAMERAS[1] and p.position is not None and exif_fields.distance_km(*p.position, 40.7128, -74.0060) <= 50
+        }  # fmt: skip
+        assert expected and {hit["id"] for hit in hits} == expected
+        assert all(hit["exif"]["model"] == CAMERAS[1][1] for hit in hits)
+        bad = assert_error(client.post(url, json={"text": "x", "where": {"exif.colour": "red"}}), 422, "validation_error")
+        assert "unknown EXIF field" in json.dumps(bad)
+        bad = assert_error(client.post(url, json={"text": "x", "where": {"exif.location": {"$near": [91, 0, 5]}}}), 422)
+        assert "latitudes" in json.dumps(bad)
+        assert client.delete("/v1/collections/http-album").status_code in (200, 204)
