@@ -149,6 +149,7 @@ class KindInfo:
     same_as: str | None = None  # another setting that gave the same index (measured once, there)
     metadata_bytes_per_item: float = 0.0  # the metadata columns held beside the index
     metadata_keys: tuple[str, ...] = ()
+    metadata_load_s: float = 0.0
 
     @property
     def label(self) -> str:
@@ -474,11 +475,15 @@ def run_in_process(
     index = collection.index  # built from the database (load codes, FAISS add; IVF: train too) and saved
     build_s = time.perf_counter() - t0
     assert index is not None and len(index) == result.items, (len(index) if index else None, result.items)
+    t0 = time.perf_counter()
+    collection.index_service.reload_columns()  # (timed alone: part of every load, and of a catch-up after another process changed metadata)
+    columns_s = time.perf_counter() - t0
     described = collection.index_service.describe()
     assert described is not None
     info = KindInfo(
         setting, described.kind, described.nlist, described.nprobe, build_s, index.bytes_per_item,
         metadata_bytes_per_item=described.metadata_bytes / max(1, described.items), metadata_keys=described.metadata_keys,
+        metadata_load_s=columns_s,
     )  # fmt: skip
     for other in result.kinds.values():
         if other.same_as is None and (other.kind, other.nlist, other.nprobe) == (info.kind, info.nlist, info.nprobe):
@@ -901,7 +906,7 @@ def format_facts(results: Sequence[BackendResult]) -> str:
         lines.append(f"| index_kind={setting}: RAM per item (`index.bytes_per_item`) | "
                      + per(kind_fact(setting, lambda k: f"{k.ram_bytes_per_item:.1f} B")) + " |")
         lines.append(f"| index_kind={setting}: metadata columns in RAM per item (keys) | "
-                     + per(kind_fact(setting, lambda k: f"{k.metadata_bytes_per_item:.1f} B ({', '.join(k.metadata_keys) or 'none'})")) + " |")
+                     + per(kind_fact(setting, lambda k: f"{k.metadata_bytes_per_item:.1f} B ({', '.join(k.metadata_keys) or 'none'}), read in {k.metadata_load_s:.2f} s")) + " |")
     lines += [
         f"| codes per item | {per(lambda r: f'{r.code_bytes} B')} |",
         (

@@ -242,6 +242,13 @@ class IndexService:
         return index
 
     # -- the metadata columns (under ``_apply``) -------------------------------------------
+    def reload_columns(self) -> MetadataColumns | None:
+        """Read the metadata columns again from the database (e.g. to time it); returns them."""
+        with self._apply:
+            if self._index is not None:
+                self._reload_columns()
+            return self._columns
+
     def _reload_columns(self) -> None:
         """Read the collection's filterable metadata into new columns (read after the index's
         state: they may hold newer rows than the index, never older ones)."""
