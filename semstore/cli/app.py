@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from semstore.cli.commands import codec, collections, duplicates, ingest, keys, query, serve
+from semstore.cli.commands import codec, collections, duplicates, exif, ingest, keys, query, serve
 from semstore.cli.errors import ErrorHandlingGroup
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("search")(query.search)
 app.command("classify")(query.classify)
 app.command("duplicates")(duplicates.duplicates)
 app.command("stats")(collections.stats)
+app.command("exif-backfill")(exif.exif_backfill)
 app.command("collections")(collections.collections)
 app.command("delete-collection")(collections.delete_collection)
 app.command("train-codec")(codec.train_codec)
