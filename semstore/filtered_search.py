@@ -44,6 +44,8 @@ def filtered_search(
     scored. ``selective``: the filter is known to match few items (e.g. its remembered ids were
     just found out of date): look them up at once.
     """
+    if source.none_match():
+        return (*search_allowed(index, vector, k, rerank, np.empty(0, dtype=np.int64)), None)
     remembered = source.remembered()
     if remembered is not None:
         allowed, revision = remembered
@@ -90,6 +92,9 @@ class FilterSource(Protocol):
     def estimate(self) -> int | None:
         """About how many items match (None: unknown)."""
 
+    def none_match(self) -> bool:
+        """Whether no item can match (known without looking any up)."""
+
     def among(self, candidates: np.ndarray) -> np.ndarray:
         """The candidates that match."""
 
@@ -111,6 +116,9 @@ class ColumnsFilter:
 
     def estimate(self) -> int | None:
         return self._columns.estimate(self._where)
+
+    def none_match(self) -> bool:
+        return self._columns.estimate(self._where) == 0  # (an upper bound: 0 is certain)
 
     def among(self, candidates: np.ndarray) -> np.ndarray:
         return self._columns.match(self._where, candidates)
@@ -135,6 +143,9 @@ class DatabaseFilter:
 
     def estimate(self) -> int | None:
         return self._cache.count(self._key)  # (from an earlier lookup: it outlives writes)
+
+    def none_match(self) -> bool:
+        return False  # (a remembered count of 0 may be out of date)
 
     def among(self, candidates: np.ndarray) -> np.ndarray:
         return storage.filter_item_ids(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,9 @@ def _pg_admin_engine() -> tuple[Engine, str]:
     return engine, base_url
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """URL of a new, empty PostgreSQL database, dropped (WITH (FORCE)) after the test."""
+@contextmanager
+def _fresh_postgres_database() -> Iterator[str]:
+    """URL of a new, empty PostgreSQL database, dropped (WITH (FORCE)) afterwards."""
     if os.environ.get("SEMSTORE_SKIP_PG") == "1":
         pytest.skip("SEMSTORE_SKIP_PG=1")
     admin, base_url = _pg_admin_engine()
@@ -59,6 +60,23 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """URL of a new, empty PostgreSQL database, dropped (WITH (FORCE)) after the test."""
+    with _fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """As ``db_url``, one database per test module (for fixtures that tests only read)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('module-db') / 'semstore.db'}"
+        return
+    with _fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -152,7 +152,7 @@ class MetadataColumns:
 
     def __init__(self, *, max_distinct: int = DEFAULT_MAX_DISTINCT) -> None:
         self.max_distinct = max_distinct
-        self._rows = _Rows(np.empty(0, dtype=np.int64), np.empty(0, dtype=bool), {})
+        self._rows = self._with_room(np.empty(0, dtype=np.int64), np.empty(0, dtype=bool), {})
         self._dictionaries: dict[str, _Dictionary] = {}
         self._dropped: set[str] = set()
         self._removed = 0
@@ -168,7 +168,11 @@ class MetadataColumns:
     def memory_bytes(self) -> int:
         """Bytes of the arrays (dictionaries of values not counted: at most ``max_distinct`` per key)."""
         rows = self._rows
-        return int(rows.ids.nbytes + rows.live.nbytes + sum(c.nbytes for c in rows.codes.values()))
+
+        def held(array: np.ndarray) -> int:  # (with the spare room kept for appends)
+            return int((array.base if array.base is not None else array).nbytes)
+
+        return held(rows.ids) + held(rows.live) + sum(held(c) for c in rows.codes.values())
 
     @property
     def keys(self) -> list[str]:
@@ -305,19 +309,49 @@ class MetadataColumns:
         if new_ids.size == 0:
             return
         if rows.ids.size == 0 or new_ids[0] > rows.ids[-1]:
-            grow = new_ids.size
-            self._rows = _Rows(
-                np.concatenate([rows.ids, new_ids]),
-                np.concatenate([rows.live, np.ones(grow, dtype=bool)]),
-                {key: np.concatenate([codes, np.full(grow, _ABSENT, dtype=np.int32)]) for key, codes in rows.codes.items()},
-            )
+            self._append(rows, new_ids)
             return
         # (rare: ids below the largest, e.g. a transaction that committed late)
-        self._rows = _Rows(
-            np.insert(rows.ids, at, new_ids),
-            np.insert(rows.live, at, True),
+        self._rows = self._with_room(
+            np.insert(rows.ids, at, new_ids), np.insert(rows.live, at, True),
             {key: np.insert(codes, at, _ABSENT) for key, codes in rows.codes.items()},
-        )
+        )  # fmt: skip
+
+    def _append(self, rows: _Rows, new_ids: np.ndarray) -> None:
+        """New ids above the largest: written into the spare room of the arrays (grown by half
+        when full), so an upload of a few items costs a few writes, not a copy of every row.
+        Readers hold views of the old length: the rows they see never change under them."""
+        size, grow = rows.ids.size, new_ids.size
+        ids_buffer = rows.ids.base if rows.ids.base is not None else rows.ids
+        if size + grow > ids_buffer.size:
+            self._rows = self._with_room(
+                np.concatenate([rows.ids, new_ids]), np.concatenate([rows.live, np.ones(grow, dtype=bool)]),
+                {key: np.concatenate([codes, np.full(grow, _ABSENT, dtype=np.int32)]) for key, codes in rows.codes.items()},
+            )  # fmt: skip
+            return
+        end = size + grow
+        ids_buffer[size:end] = new_ids
+        live_buffer = rows.live.base
+        live_buffer[size:end] = True
+        codes = {}
+        for key, column in rows.codes.items():
+            buffer = column.base
+            buffer[size:end] = _ABSENT
+            codes[key] = buffer[:end]
+        self._rows = _Rows(ids_buffer[:end], live_buffer[:end], codes)
+
+    @staticmethod
+    def _with_room(ids: np.ndarray, live: np.ndarray, codes: dict[str, np.ndarray]) -> _Rows:
+        """Rows of these arrays, in buffers with room for half as many more."""
+        size = ids.size
+        capacity = max(1024, size + size // 2)
+
+        def roomy(values: np.ndarray, fill: Any) -> np.ndarray:
+            buffer = np.full(capacity, fill, dtype=values.dtype)
+            buffer[:size] = values
+            return buffer[:size]
+
+        return _Rows(roomy(ids, 0), roomy(live, False), {key: roomy(column, _ABSENT) for key, column in codes.items()})
 
     def _write(self, groups: Iterable[TermIds]) -> None:
         rows = self._rows
@@ -333,8 +367,9 @@ class MetadataColumns:
             codes = rows.codes.get(key)
             if codes is None:
                 codes = added.get(key)
-            if codes is None:
-                codes = added[key] = np.full(rows.ids.size, _ABSENT, dtype=np.int32)
+            if codes is None:  # (a buffer as long as the ids' own, so that appends find room in it too)
+                capacity = rows.ids.base.size if rows.ids.base is not None else rows.ids.size
+                codes = added[key] = np.full(capacity, _ABSENT, dtype=np.int32)[: rows.ids.size]
             codes[np.searchsorted(rows.ids, ids)] = number
             dictionary.counts[number] += ids.size
         if added or any(key not in self._dictionaries for key in rows.codes):
@@ -349,7 +384,7 @@ class MetadataColumns:
     def _compact(self) -> None:
         rows = self._rows
         live = rows.live
-        self._rows = _Rows(rows.ids[live], np.ones(int(live.sum()), dtype=bool), {k: c[live] for k, c in rows.codes.items()})
+        self._rows = self._with_room(rows.ids[live], np.ones(int(live.sum()), dtype=bool), {k: c[live] for k, c in rows.codes.items()})
         self._removed = 0
 
     def __repr__(self) -> str:

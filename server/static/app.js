@@ -19,6 +19,8 @@ const els = {
   detail: $("detail"), detailTitle: $("detail-title"), detailImage: $("detail-image"), detailNote: $("detail-note"),
   detailFacts: $("detail-facts"), detailOpen: $("detail-open"), detailMore: $("detail-more"), detailClose: $("detail-close"),
   takenFrom: $("taken-from"), takenUntil: $("taken-until"), camera: $("camera"), clearFilters: $("clear-filters"),
+  duplicatesForm: $("duplicates-form"), duplicatesThreshold: $("duplicates-threshold"), duplicatesButton: $("duplicates-button"),
+  groupsSection: $("duplicate-groups-section"), groups: $("duplicate-groups"), groupsHeading: $("duplicates-heading"),
 };
 
 let objectUrls = [];
@@ -270,11 +272,11 @@ function card(hit) {
   return item;
 }
 
-async function loadThumbnail(hit, img) {
+async function loadThumbnail(hit, img, size = 256, urls = objectUrls) {
   try {
-    const blob = await (await api(collectionPath(`/items/${hit.id}/thumbnail?size=256`))).blob();
+    const blob = await (await api(collectionPath(`/items/${hit.id}/thumbnail?size=${size}`))).blob();
     const url = URL.createObjectURL(blob);
-    objectUrls.push(url);
+    urls.push(url);
     img.src = url;
   } catch (_) {
     img.alt = `${displayName(hit)} (no preview)`;
@@ -346,6 +348,77 @@ els.detailMore.addEventListener("click", () => {
   const hit = detailHit;
   closeDetail();
   if (hit) moreLikeThis(hit);
+});
+
+// -- near-duplicates --------------------------------------------------------------------------
+
+let groupUrls = [];
+
+function groupView(group, number) {
+  const item = document.createElement("li");
+  item.className = "group";
+  item.dataset.ids = group.ids.join(",");
+  const title = document.createElement("p");
+  title.className = "group-title";
+  const similarity = group.min_similarity === group.max_similarity
+    ? group.min_similarity.toFixed(3) : `${group.min_similarity.toFixed(3)}–${group.max_similarity.toFixed(3)}`;
+  title.textContent = `Group ${number}: ${group.ids.length} items, similarity ${similarity}`;
+  const row = document.createElement("ul");
+  row.className = "group-row";
+  group.ids.forEach((id, i) => {
+    const hit = { id, source_uri: group.source_uris[i] || `item ${id}`, score: NaN, metadata: {}, exif: {} };
+    const cell = document.createElement("li");
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.className = "thumb";
+    img.alt = displayName(hit);
+    img.width = 160;
+    img.height = 160;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${displayName(hit)} (#${id})`;
+    figure.append(img, caption);
+    cell.append(figure);
+    row.append(cell);
+    loadThumbnail(hit, img, 160, groupUrls);
+  });
+  item.append(title, row);
+  return item;
+}
+
+async function findDuplicates() {
+  if (!els.collection.value) {
+    setStatus("Pick a collection first.", true);
+    return;
+  }
+  const threshold = Number.parseFloat(els.duplicatesThreshold.value);
+  if (!(threshold > 0 && threshold <= 1)) {
+    setStatus("The similarity must be a number above 0 and at most 1, e.g. 0.9.", true);
+    els.duplicatesThreshold.focus();
+    return;
+  }
+  els.duplicatesButton.disabled = true;
+  setStatus(`Looking for near-duplicates (similarity ${threshold}) in ${els.collection.value}…`);
+  groupUrls.forEach((url) => URL.revokeObjectURL(url));
+  groupUrls = [];
+  try {
+    const body = await (await api(collectionPath(`/duplicates?threshold=${encodeURIComponent(threshold)}`))).json();
+    els.groups.replaceChildren(...body.groups.map((group, i) => groupView(group, i + 1)));
+    els.groupsSection.hidden = false;
+    const shown = body.total > body.groups.length ? ` (the first ${body.groups.length} shown)` : "";
+    setStatus(`${body.total} group(s) of near-duplicates at similarity ${body.threshold}${shown}.`);
+    els.groupsHeading.focus();
+  } catch (error) {
+    els.groups.replaceChildren();
+    els.groupsSection.hidden = true;
+    setStatus(`Duplicate search failed: ${error.message}`, true);
+  } finally {
+    els.duplicatesButton.disabled = false;
+  }
+}
+
+els.duplicatesForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  findDuplicates();
 });
 
 // -- upload -----------------------------------------------------------------------------------
@@ -444,7 +517,11 @@ els.forget.addEventListener("click", () => {
   askForKey("Key forgotten.");
 });
 
-els.collection.addEventListener("change", () => sessionStorage.setItem(COLLECTION_STORAGE, els.collection.value));
+els.collection.addEventListener("change", () => {
+  sessionStorage.setItem(COLLECTION_STORAGE, els.collection.value);
+  els.groups.replaceChildren();  // groups of another collection would read as this one's
+  els.groupsSection.hidden = true;
+});
 els.clearFilters.addEventListener("click", () => {
   els.takenFrom.value = "";
   els.takenUntil.value = "";

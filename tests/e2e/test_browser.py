@@ -62,7 +62,7 @@ def _top_ids(page) -> list[str]:  # noqa: ANN001 - playwright Page
     )
 
 
-def _open_page(browser, photos: Photos, tmp_path: Path, *, width: int, height: int):  # noqa: ANN001, ANN202
+def _open_page(browser, photos: Photos, tmp_path: Path, *, width: int, height: int, collection: str = COLLECTION):  # noqa: ANN001, ANN202
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     errors: list[str] = []
@@ -70,8 +70,8 @@ def _open_page(browser, photos: Photos, tmp_path: Path, *, width: int, height: i
     page.goto(photos.url + "/")
     page.fill("#api-key", photos.keys.reader)
     page.keyboard.press("Enter")  # submits the key form
-    page.wait_for_selector(f"#collection option[value='{COLLECTION}']", state="attached")
-    page.select_option("#collection", COLLECTION)
+    page.wait_for_selector(f"#collection option[value='{collection}']", state="attached")
+    page.select_option("#collection", collection)
     return context, page, errors
 
 
@@ -334,16 +334,8 @@ def album(photos: Photos) -> dict[str, int]:
 
 
 def test_search_page_filters_by_date_and_camera_and_shows_exif(browser, photos: Photos, album: dict[str, int], tmp_path: Path) -> None:  # noqa: ANN001
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    context, page, errors = _open_page(browser, photos, tmp_path, width=1280, height=900, collection="album")
     try:
-        page.goto(photos.url + "/")
-        page.fill("#api-key", photos.keys.reader)
-        page.keyboard.press("Enter")
-        page.wait_for_selector("#collection option[value='album']", state="attached")
-        page.select_option("#collection", "album")
         page.fill("#k", "50")  # (the e2e server caps k at 50; the album holds 37 photos)
         page.fill("#taken-from", "2023-03-01")
         page.fill("#taken-until", "2023-06-30")  # inclusive: up to 2023-07-01 00:00
@@ -369,3 +361,42 @@ def test_search_page_filters_by_date_and_camera_and_shows_exif(browser, photos: 
         assert errors == []
     finally:
         context.close()
+
+
+def test_search_page_shows_near_duplicate_groups_side_by_side(browser, photos: Photos, tmp_path: Path) -> None:  # noqa: ANN001
+    from tests.e2e.test_duplicates_api import THRESHOLD, _copies
+
+    files = {name: data for i in range(4) for name, data in _copies(i).items()}
+    with photos.client(photos.keys.admin) as client:
+        assert client.post("/v1/collections", json={"name": "page-dupes"}).status_code == 201
+        response = client.post(
+            "/v1/collections/page-dupes/items",
+            files=[("files", (n, d, "image/jpeg" if n.endswith("jpg") else "image/png")) for n, d in files.items()],
+        )
+        assert response.status_code == 200, response.text
+        ids = {entry["source"]: entry["id"] for entry in response.json()["files"]}
+    context, page, errors = _open_page(browser, photos, tmp_path, width=1280, height=900, collection="page-dupes")
+    try:
+        page.click("#duplicates summary")
+        page.fill("#duplicates-threshold", "2")
+        page.click("#duplicates-button")
+        assert "at most 1" in _status(page)  # refused in the page, nothing sent
+
+        page.fill("#duplicates-threshold", str(THRESHOLD))
+        page.click("#duplicates-button")
+        page.wait_for_function("() => /group\\(s\\) of near-duplicates|failed/.test(document.querySelector('#status').textContent)")
+        assert "4 group(s) of near-duplicates" in _status(page), _status(page)
+        groups = page.eval_on_selector_all("#duplicate-groups .group", "gs => gs.map((g) => g.dataset.ids.split(',').map(Number))")
+        expected = sorted(sorted(ids[name] for name in files if name.startswith(f"p{i}")) for i in range(4))
+        assert sorted(groups) == expected  # each picture with its three copies, side by side
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#duplicate-groups img.thumb')]"
+            ".every((img) => img.src.startsWith('blob:') && img.complete && img.naturalWidth > 0)"
+        )
+        page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
+        assert (tmp_path / "duplicates.png").stat().st_size > 10_000
+        assert errors == []
+    finally:
+        context.close()
+        with photos.client(photos.keys.admin) as client:
+            client.delete("/v1/collections/page-dupes")

@@ -46,10 +46,9 @@ def codec(tmp_path_factory: pytest.TempPathFactory) -> PQVAECodec:
     return trainer.codec
 
 
-@pytest.fixture
-def photos(db_url: str, tmp_path: Path, codec: PQVAECodec, source: str) -> semstore.Collection:
-    settings = _settings(tmp_path, db_url, in_memory=source == "columns")
-    collection = semstore.connect(settings=settings).create_collection("photos", codec=codec)
+def _photos(url: str, root: Path, codec: PQVAECodec, source: str, name: str = "photos") -> semstore.Collection:
+    settings = _settings(root, url, in_memory=source == "columns")
+    collection = semstore.connect(settings=settings).create_collection(name, codec=codec)
     report = collection.add_images([(f"{i}.png", encode(make_image(i, size=40), "PNG")) for i in range(COUNT)])
     assert report.added == COUNT
     with storage.transaction(collection.database.sessions) as session:  # each item its own metadata, one commit
@@ -58,6 +57,23 @@ def photos(db_url: str, tmp_path: Path, codec: PQVAECodec, source: str) -> semst
             meta = {"half": i % 2, "tag": f"t{i % 100}", "rare": i == 7, "score": i / 10, "nested": {"x": 1}}
             storage.update_item_metadata(session, collection_id=collection.id, item_id=item_id, metadata=meta)
     return collection
+
+
+@pytest.fixture
+def photos(db_url: str, tmp_path: Path, codec: PQVAECodec, source: str) -> semstore.Collection:
+    """The 200 items with metadata, for one test (which may change them)."""
+    return _photos(db_url, tmp_path, codec, source)
+
+
+@pytest.fixture(scope="module", params=["columns", "sql"])
+def shared_source(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def shared_photos(module_db_url: str, tmp_path_factory: pytest.TempPathFactory, codec: PQVAECodec, shared_source: str) -> semstore.Collection:
+    """The same items, built once per backend and source for the tests that only search them."""
+    return _photos(module_db_url, tmp_path_factory.mktemp("shared"), codec, shared_source, name=f"photos-{shared_source}")
 
 
 def _brute_force(collection: semstore.Collection, query: np.ndarray, allowed: np.ndarray, k: int, rerank: int | None) -> np.ndarray:
@@ -93,8 +109,9 @@ def _ids_with(collection: semstore.Collection, predicate) -> np.ndarray:  # noqa
 )
 @pytest.mark.parametrize("post_filter_min", [256, 8], ids=["lookup", "post-filter"])
 def test_filtered_results_equal_brute_force(
-    photos: semstore.Collection, where: dict, predicate, post_filter_min: int, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    shared_photos: semstore.Collection, where: dict, predicate, post_filter_min: int, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
 ) -> None:
+    photos = shared_photos
     # With 8 the first probe is a small candidate list (not every item), so the post-filter
     # path (filter lookups among candidate ids) runs too, not only the full lookup.
     monkeypatch.setattr(semstore.filtered_search, "POST_FILTER_MIN", post_filter_min)
@@ -339,7 +356,8 @@ OPERATOR_FILTERS = [
 
 
 @pytest.mark.parametrize("where", OPERATOR_FILTERS, ids=[str(w) for w in OPERATOR_FILTERS])
-def test_operator_filters_equal_brute_force(photos: semstore.Collection, where: dict) -> None:
+def test_operator_filters_equal_brute_force(shared_photos: semstore.Collection, where: dict) -> None:
+    photos = shared_photos
     def satisfies(metadata: dict) -> bool:
         def holds(key: str, value: object) -> bool:
             present = key in metadata and isinstance(metadata[key], str | int | float | bool)

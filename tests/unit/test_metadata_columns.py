@@ -121,3 +121,22 @@ def test_operators_equal_the_reference_semantics(where: dict) -> None:
     assert columns.estimate(where) >= len(expected)
     if len(where) == 1:
         assert columns.estimate(where) == len(expected)
+
+
+def test_many_small_appends_grow_in_place_and_stay_exact() -> None:
+    columns = MetadataColumns()
+    items: dict[int, dict] = {}
+    next_id = 1
+    for step in range(1500):  # uploads of a few items each, as a server sees them
+        batch = {next_id + i: ({"k": step % 5} if i % 2 else {"other": "x"}) for i in range(3)}
+        next_id += 3
+        items.update(batch)
+        load(columns, batch)
+        if step == 10:
+            columns.set_items([5], [(5, "late", ("text", "y"))])  # a new key while the arrays have spare room
+            items[5] = {"late": "y"}
+    assert columns.matching({"k": 3}).tolist() == sorted(i for i, m in items.items() if m.get("k") == 3)
+    assert columns.matching({"late": "y"}).tolist() == [5]
+    assert columns.estimate({"k": {"$in": [1, 2]}}) == sum(1 for m in items.values() if m.get("k") in (1, 2))
+    # the spare room is at most about half the rows (amortised growth), per array
+    assert columns.memory_bytes <= 1.6 * len(items) * (8 + 1 + 4 * len(columns.keys)) + 64 * 1024
