@@ -34,9 +34,11 @@ def find_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np
 
 def unique_sorted(ids: np.ndarray) -> np.ndarray:
     """Sorted distinct ids (a sort, cheaper than np.unique's hashing for large int64 arrays)."""
+    if len(ids) < 2:
+        return np.sort(ids)
+    if bool(np.all(ids[1:] > ids[:-1])):
+        return ids  # already ascending and distinct (e.g. a filter's matching ids): no sort, no copy
     ordered = np.sort(ids)
-    if len(ordered) < 2:
-        return ordered
     return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
 
 
