@@ -12,6 +12,7 @@ import anyio
 
 from semstore.encoders.policy import ModelPolicy
 from server.batching import TextBatcher
+from server.duplicate_jobs import DuplicateJobs
 from server.ingest_threads import IngestThreads
 from server.limits import RateLimiter
 from server.metrics import Metrics
@@ -118,6 +119,7 @@ class AppState:
     inference: anyio.CapacityLimiter
     text_batcher: TextBatcher
     ingest: IngestThreads
+    duplicates: DuplicateJobs = field(default_factory=DuplicateJobs)
     _touched: dict[int, float] = field(default_factory=dict)
     _touch_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -13,11 +13,13 @@ from semstore.collection import Collection
 from semstore.duplicates import (
     DEFAULT_NEIGHBOURS,
     DEFAULT_THRESHOLD,
+    DuplicateGroup,
     find_duplicates,
     source_uris,
 )
 from server.deps import CollectionDep, ReadAccess, StateDep
-from server.errors import COMMON_ERRORS
+from server.duplicate_jobs import DuplicateJobs, DuplicatesRunning
+from server.errors import COMMON_ERRORS, ApiError
 from server.uploads import check_page_size
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["duplicates"], responses=COMMON_ERRORS)
@@ -68,14 +70,27 @@ async def duplicates(
     """
     page = min(DEFAULT_DUPLICATES_PAGE, state.settings.max_page_size) if limit is None else limit
     check_page_size("limit", page, state.settings.max_page_size)
-    return await anyio.to_thread.run_sync(
-        partial(_duplicates, collection, threshold, page, neighbours), limiter=state.inference
-    )
+    try:
+        return await anyio.to_thread.run_sync(
+            partial(_duplicates, collection, state.duplicates, threshold, page, neighbours), limiter=state.inference
+        )
+    except DuplicatesRunning:
+        raise ApiError(
+            409, "duplicates_running",
+            f"a near-duplicate search of {collection.name!r} is already running; retry when it has finished",
+            headers={"Retry-After": "30"},
+        ) from None  # fmt: skip
 
 
-def _duplicates(collection: Collection, threshold: float, limit: int, neighbours: int) -> DuplicatesOut:
+def _duplicates(collection: Collection, jobs: DuplicateJobs, threshold: float, limit: int, neighbours: int) -> DuplicatesOut:
     index = collection.index
-    groups = [] if index is None else find_duplicates(index, threshold=threshold, neighbours=neighbours)
+    revision = collection.index_service.revision  # (the state the index was just brought to)
+
+    def join() -> list[DuplicateGroup]:
+        return [] if index is None else find_duplicates(index, threshold=threshold, neighbours=neighbours)
+
+    # the answer of an unchanged collection is kept: a join takes minutes at 10^6 items
+    groups = jobs.run(collection.name, (collection.id, revision, threshold, neighbours), join)
     shown = groups[:limit]
     sources = source_uris(collection, [i for group in shown for i in group.ids])
     return DuplicatesOut(

@@ -107,3 +107,24 @@ def test_needs_an_api_key(photos: Photos) -> None:
     with photos.client() as client:
         assert_error(client.get(f"/v1/collections/{NAME}/duplicates"), 401)
         assert "/v1/collections/{name}/duplicates" in client.get("/openapi.json").json()["paths"]
+
+
+def test_a_repeated_request_reuses_the_answer_until_the_collection_changes(photos: Photos, dupes: dict[str, int]) -> None:
+    url = f"/v1/collections/{NAME}/duplicates"
+    jobs = photos.server.app.state.semstore.duplicates
+    with photos.client(photos.keys.admin) as client:
+        first = client.get(url, params={"threshold": THRESHOLD}).json()
+        kept = jobs._answers[NAME]
+        assert client.get(url, params={"threshold": THRESHOLD}).json() == first
+        assert jobs._answers[NAME] is kept  # the same answer object: no second join
+        image = make_image(100, size=80).resize((60, 60), Image.LANCZOS)  # one more copy of p0
+        added = client.post(f"/v1/collections/{NAME}/items", files=[("files", ("p0-small.png", encode(image, "PNG"), "image/png"))])
+        assert added.status_code == 200, added.text
+        new_id = added.json()["files"][0]["id"]
+        try:
+            again = client.get(url, params={"threshold": THRESHOLD}).json()
+            assert jobs._answers[NAME] is not kept  # the revision moved: joined again
+            group = next(g for g in again["groups"] if dupes["p0.png"] in g["ids"])
+            assert new_id in group["ids"]
+        finally:
+            assert client.delete(f"/v1/collections/{NAME}/items/{new_id}").status_code in (200, 204)
