@@ -612,4 +612,3 @@ class Collection:
             self.index  # noqa: B018 - caught up too, should another process have written meanwhile
         if not self.index_service.migrate_if_needed():  # a switch of index kind saves by itself
             self.index_service.save()
-

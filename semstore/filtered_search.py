@@ -107,6 +107,7 @@ class ColumnsFilter:
 
     def __init__(self, columns: MetadataColumns, where: dict[str, Any], cache: FilterCache) -> None:
         self._columns, self._where, self._cache, self._key = columns, where, cache, filter_key(where)
+        self._estimate: int | None = None  # (computed once: none_match and estimate both ask)
 
     def remembered(self) -> tuple[np.ndarray, int | None] | None:
         entry = self._cache.get(self._key)
@@ -115,10 +116,12 @@ class ColumnsFilter:
         return entry[1], None
 
     def estimate(self) -> int | None:
-        return self._columns.estimate(self._where)
+        if self._estimate is None:
+            self._estimate = self._columns.estimate(self._where)
+        return self._estimate
 
     def none_match(self) -> bool:
-        return self._columns.estimate(self._where) == 0  # (an upper bound: 0 is certain)
+        return self.estimate() == 0  # (an upper bound: 0 is certain)
 
     def among(self, candidates: np.ndarray) -> np.ndarray:
         return self._columns.match(self._where, candidates)

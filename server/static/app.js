@@ -234,12 +234,7 @@ function card(hit) {
   open.addEventListener("click", () => openDetail(hit));
 
   const figure = document.createElement("figure");
-  const img = document.createElement("img");
-  img.className = "thumb";
-  img.alt = displayName(hit);
-  img.width = 256;
-  img.height = 256;
-  img.decoding = "async";
+  const img = thumbnailImage(hit, 256, objectUrls);
   figure.append(img);
 
   const caption = document.createElement("figcaption");
@@ -268,11 +263,21 @@ function card(hit) {
   more.addEventListener("click", () => moreLikeThis(hit));
 
   item.append(open, more);
-  loadThumbnail(hit, img);
   return item;
 }
 
-async function loadThumbnail(hit, img, size = 256, urls = objectUrls) {
+function thumbnailImage(hit, size, urls) {  // an <img> whose thumbnail loads in the background
+  const img = document.createElement("img");
+  img.className = "thumb";
+  img.alt = displayName(hit);
+  img.width = size;
+  img.height = size;
+  img.decoding = "async";
+  loadThumbnail(hit, img, size, urls);
+  return img;
+}
+
+async function loadThumbnail(hit, img, size, urls) {
   try {
     const blob = await (await api(collectionPath(`/items/${hit.id}/thumbnail?size=${size}`))).blob();
     const url = URL.createObjectURL(blob);
@@ -369,17 +374,11 @@ function groupView(group, number) {
     const hit = { id, source_uri: group.source_uris[i] || `item ${id}`, score: NaN, metadata: {}, exif: {} };
     const cell = document.createElement("li");
     const figure = document.createElement("figure");
-    const img = document.createElement("img");
-    img.className = "thumb";
-    img.alt = displayName(hit);
-    img.width = 160;
-    img.height = 160;
     const caption = document.createElement("figcaption");
     caption.textContent = `${displayName(hit)} (#${id})`;
-    figure.append(img, caption);
+    figure.append(thumbnailImage(hit, 160, groupUrls), caption);
     cell.append(figure);
     row.append(cell);
-    loadThumbnail(hit, img, 160, groupUrls);
   });
   item.append(title, row);
   return item;
