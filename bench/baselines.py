@@ -10,6 +10,7 @@ one column per position, for entropy measurements).
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -365,9 +366,12 @@ class PQVAEBaseline(Compressor):
         self.details = f"M={int(m)} K={codebook_size}" + (" +fit queries" if fit_queries is not None else "")
         self.details += "".join(f", {name}={value}" for name, value in sorted(hyper.items()))
         self._index: Any = None
+        self.train_s = 0.0
 
     def fit(self, train: np.ndarray) -> None:
+        start = time.perf_counter()
         self.codec.fit(train, seed=self.seed, queries=self.fit_queries, progress=False)
+        self.train_s = time.perf_counter() - start
         self._index = self._adc_index() if self.nbits is not None else None
         self.details += ", ADC: faiss IndexPQ over shared codebook" if self._index is not None \
             else ", ADC: numpy LUT"
@@ -413,6 +417,56 @@ class PQVAEBaseline(Compressor):
 
     def bytes_per_vector(self, codes: np.ndarray) -> float:
         return self.codec.bytes_per_vector
+
+
+class NeuralRerankBaseline(Compressor):
+    """The codec of a fitted :class:`PQVAEBaseline` plus its neural re-rank decoder.
+
+    Same codes and same ADC shortlist as the base (it reuses the base's trained codec, so a
+    run fits the linear part once); :meth:`decode` is the neural decoder, so the re-ranked
+    columns and zero-shot measure it. ``fit`` trains only the decoder: the row's train
+    seconds are the base's plus the decoder's (see ``extra_train_s``).
+    """
+
+    name = "PQVAECodec+neural"
+
+    def __init__(self, base: PQVAEBaseline, seed: int = 0, **neural: Any) -> None:
+        from semstore.codec.neural import NeuralDecoderConfig
+
+        self.base = base
+        self.bits = base.bits
+        self.alphabet_size = base.alphabet_size
+        self.seed = seed
+        self.config = NeuralDecoderConfig(**neural)
+        self.details = base.details + f", neural decoder hidden={self.config.hidden} blocks={self.config.blocks}"
+        self.report: Any = None
+
+    @property
+    def extra_train_s(self) -> float:
+        """Seconds the base's linear fit took: added to this row's train time."""
+        return self.base.train_s
+
+    def fit(self, train: np.ndarray) -> None:
+        if not self.base.codec.is_fitted:
+            raise BaselineError("PQVAECodec+neural: the base codec must be fitted first")
+        self.report = self.base.codec.fit_neural_decoder(train, self.config, seed=self.seed)
+        self.details += (f", held-out rel. error {self.report.linear_held_out_error:.4f} -> "
+                         f"{self.report.held_out_error:.4f} (epoch {self.report.best_epoch}/{self.report.epochs_run})")
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        return self.base.encode(X)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.base.codec.refined_decode(codes)
+
+    def search(self, Q: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.base.search(Q, codes, k)
+
+    def symbols(self, codes: np.ndarray) -> np.ndarray:
+        return self.base.symbols(codes)
+
+    def bytes_per_vector(self, codes: np.ndarray) -> float:
+        return self.base.bytes_per_vector(codes)
 
 
 def build_methods(bits: int, dim: int, *, rq: dict[str, Any] | None = None, opq_niter: int = 50,

@@ -3,10 +3,11 @@
 Usage::
 
     python bench/codec_quality.py [--bits 64 128 256] [--train N] [--test N]
-                                  [--dataset minilm|synthetic|npz] [--embeddings FILE.npz]
+                                  [--dataset minilm|wordnet|synthetic|npz ...] [--embeddings FILE.npz]
                                   [--quick] [--out bench/RESULTS.md]
 
-``--dataset npz`` reads real CLIP image / caption embeddings written by ``bench/embed_clip.py``.
+Several ``--dataset`` names run one after the other in one process, each with its own
+table. ``--dataset npz`` reads real CLIP image / caption embeddings written by ``bench/embed_clip.py``.
 
 Metrics (one train/test split; the test documents are the compressed database):
 
@@ -43,11 +44,12 @@ if __package__ in (None, ""):
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.baselines import Compressor, FloatBaseline, PQVAEBaseline, build_methods  # noqa: E402
+from bench.baselines import Compressor, FloatBaseline, NeuralRerankBaseline, PQVAEBaseline, build_methods  # noqa: E402
 from bench.datasets import (  # noqa: E402
     DatasetError,
     EmbeddingDataset,
     load_minilm_docstrings,
+    load_minilm_wordnet,
     load_npz_embeddings,
     make_synthetic_clip_like,
 )
@@ -89,6 +91,7 @@ class Row:
     coded_bits: float | None
     train_s: float
     encode_vps: float
+    rerank_us: float
 
 
 def evaluate(method: Compressor, data: EmbeddingDataset, truth: np.ndarray,
@@ -96,7 +99,7 @@ def evaluate(method: Compressor, data: EmbeddingDataset, truth: np.ndarray,
     """Fit, encode, search and decode with one method; all metrics of one row."""
     start = time.perf_counter()
     method.fit(data.train)
-    train_s = time.perf_counter() - start
+    train_s = time.perf_counter() - start + getattr(method, "extra_train_s", 0.0)
     method.encode(data.test[:WARMUP_VECTORS])  # one-time set-up (look-up tables) is not throughput
     start = time.perf_counter()
     codes = method.encode(data.test)
@@ -105,6 +108,7 @@ def evaluate(method: Compressor, data: EmbeddingDataset, truth: np.ndarray,
     ids = shortlist[:, :K]
     decoded = method.decode(codes)
     reranked = rerank_by_cosine(data.test_queries, shortlist, decoded)
+    rerank_us = rerank_cost_us(method, data.test_queries, shortlist, codes)
     zero_shot = zero_shot_accuracy(decoded, data.class_prompts, data.test_labels)
     targets = np.arange(len(data.test))
     entropy = coded = None
@@ -130,7 +134,29 @@ def evaluate(method: Compressor, data: EmbeddingDataset, truth: np.ndarray,
         coded_bits=coded,
         train_s=train_s,
         encode_vps=len(data.test) / max(encode_s, 1e-9),
+        rerank_us=rerank_us,
     )
+
+
+def rerank_cost_us(method: Compressor, queries: np.ndarray, shortlist: np.ndarray, codes: np.ndarray,
+                   n_queries: int = 200) -> float:
+    """Microseconds per candidate to re-rank a shortlist as a search does: per query, decode
+    its candidates' codes, normalise and take the cosine with the query (``n_queries`` queries,
+    one at a time, after one warm-up query)."""
+    rows = shortlist[: n_queries + 1]
+
+    def one(q: int) -> None:
+        ids = rows[q][rows[q] >= 0]
+        decoded = method.decode(codes[ids])
+        decoded /= np.maximum(np.linalg.norm(decoded, axis=1, keepdims=True), 1e-12)
+        decoded @ queries[q]
+
+    one(0)
+    start = time.perf_counter()
+    for q in range(1, len(rows)):
+        one(q)
+    seconds = time.perf_counter() - start
+    return seconds / max(int((rows[1:] >= 0).sum()), 1) * 1e6
 
 
 def rerank_by_cosine(queries: np.ndarray, shortlist: np.ndarray, decoded: np.ndarray) -> np.ndarray:
@@ -156,7 +182,7 @@ def format_table(rows: list[Row]) -> str:
     """A Markdown table of the rows."""
     head = ("| method | bits | 10-R@10 | paired R@1 | paired R@10 | re-ranked 10-R@10 | re-ranked R@1 "
             "| re-ranked R@10 | zero-shot acc | % of float "
-            "| bytes/vec | entropy bits | ANS-coded bits | train s | encode vec/s |")
+            "| bytes/vec | entropy bits | ANS-coded bits | train s | encode vec/s | re-rank µs/cand. |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
@@ -164,7 +190,7 @@ def format_table(rows: list[Row]) -> str:
             f"| {r.rerank_recall10:.3f} | {r.rerank_r1:.3f} | {r.rerank_r10:.3f} "
             f"| {r.zero_shot:.3f} | {100 * r.zero_shot_frac:.1f} | {r.bytes_per_vector:g} "
             f"| {_fmt(r.entropy_bits, '.1f')} | {_fmt(r.coded_bits, '.1f')} | {r.train_s:.1f} "
-            f"| {r.encode_vps:,.0f} |"
+            f"| {r.encode_vps:,.0f} | {r.rerank_us:.2f} |"
         )
     return "\n".join(lines)
 
@@ -217,14 +243,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--train", type=int, default=None, help="training vectors (default 20000, quick 10000)")
     p.add_argument("--test", type=int, default=None, help="test items (default 5000, quick 2000)")
-    p.add_argument("--dataset", choices=["minilm", "synthetic", "npz"], default="minilm")
+    p.add_argument("--dataset", nargs="+", choices=["minilm", "wordnet", "synthetic", "npz"], default=["minilm"],
+                   help="one or more data sets, run one after the other (one table each)")
     p.add_argument("--embeddings", type=Path, default=None,
                    help="with --dataset npz: the .npz of bench/embed_clip.py (real CLIP images + captions)")
     p.add_argument("--quick", action="store_true",
                    help="10k/2k split, cheaper OPQ and RQ training, no OPQ+PQ4fs (stated in the report)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="only these methods (PQ OPQ+PQ RQ PQ4fs OPQ+PQ4fs sign-binary PQVAECodec)")
+                   help="only these methods (PQ OPQ+PQ RQ PQ4fs OPQ+PQ4fs sign-binary PQVAECodec PQVAECodec+neural)")
     p.add_argument("--no-codec", action="store_true", help="skip PQVAECodec (baselines only)")
+    p.add_argument("--neural", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate PQVAECodec+neural: the same codes re-ranked by the neural decoder")
+    p.add_argument("--neural-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="NeuralDecoderConfig field for PQVAECodec+neural (repeatable)")
     p.add_argument("--codec-k", type=int, default=256, help="PQVAECodec codebook size K")
     p.add_argument("--codec-option", action="append", default=[], metavar="NAME=VALUE",
                    help="PQVAECodec hyper-parameter, e.g. parallel_weight=4 (repeatable)")
@@ -255,15 +286,20 @@ def codec_options(pairs: list[str]) -> dict[str, object]:
     return options
 
 
-def load_data(args: argparse.Namespace) -> EmbeddingDataset:
-    if args.dataset == "synthetic":
+def load_data(args: argparse.Namespace, dataset: str) -> EmbeddingDataset:
+    if dataset == "synthetic":
         return make_synthetic_clip_like(args.train, args.test, seed=args.seed)
-    if args.dataset == "npz":
+    if dataset == "npz":
         if args.embeddings is None:
             raise SystemExit("codec_quality: --dataset npz needs --embeddings PATH (made by bench/embed_clip.py)")
         try:
             return load_npz_embeddings(args.embeddings, args.train, args.test, seed=args.seed)
         except DatasetError as exc:  # a wrong file or split is a user error: the message, no traceback
+            raise SystemExit(f"codec_quality: {exc}") from exc
+    if dataset == "wordnet":
+        try:
+            return load_minilm_wordnet(args.train, args.test, seed=args.seed)
+        except DatasetError as exc:  # WordNet not installed or split too large: the message, no traceback
             raise SystemExit(f"codec_quality: {exc}") from exc
     return load_minilm_docstrings(args.train, args.test, seed=args.seed)
 
@@ -286,9 +322,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(2)
     except ImportError:
         pass
+    for dataset in args.dataset:
+        run_dataset(args, dataset, rq, opq_niter, argv)
+    return 0
 
+
+def run_dataset(args: argparse.Namespace, dataset: str, rq: dict[str, object], opq_niter: int,
+                argv: list[str] | None) -> None:
+    """Every method at every bit budget on one data set; appends its table to ``args.out``."""
     start = time.perf_counter()
-    data = load_data(args)
+    data = load_data(args, dataset)
     print(f"[data] {data.description}\n       train {data.train.shape}, test {data.test.shape}, "
           f"{len(data.class_names)} classes, loaded in {time.perf_counter() - start:.1f}s; {data.facts}",
           flush=True)
@@ -297,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     notes: list[str] = []
     wanted = set(args.methods) if args.methods else None
+    if wanted and NeuralRerankBaseline.name in wanted:
+        wanted.add(PQVAEBaseline.name)  # the neural row re-ranks the linear codec's codes
 
     for bits in args.bits:
         methods = build_methods(bits, data.dim, rq=rq, opq_niter=opq_niter,
@@ -309,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"PQVAECodec missing (not importable: {exc}); baselines only.")
             except Exception as exc:  # noqa: BLE001 - the codec is developed in parallel
                 notes.append(f"PQVAECodec at {bits} bits could not be built: {exc!r}")
+            if args.neural and methods and isinstance(methods[-1], PQVAEBaseline):
+                methods.append(NeuralRerankBaseline(methods[-1], seed=args.seed, **codec_options(args.neural_option)))
         for method in methods:
             if wanted and method.name not in wanted:
                 continue
@@ -356,10 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         if fh.tell() == 0:
             fh.write("# Codec-quality benchmark results\n\nAppended by `bench/codec_quality.py`.\n\n")
         fh.write(report + "\n")
+    plot_path = args.plot if len(args.dataset) == 1 else args.plot.with_stem(f"{args.plot.stem}-{data.name}")
     if rows:
-        plot(rows, float_row, args.plot, f"{data.name}: train {len(data.train)}, test {len(data.test)}")
-    print(f"\nappended to {args.out}; plot: {args.plot}")
-    return 0
+        plot(rows, float_row, plot_path, f"{data.name}: train {len(data.train)}, test {len(data.test)}")
+    print(f"\nappended to {args.out}; plot: {plot_path}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Embedding data sets for the codec-quality benchmark.
 
-Three sources:
+Four sources:
 
 * ``docstrings``: REAL text embedded with a REAL pretrained encoder. The text is the
   docstrings of the Python standard library and of installed packages (read with
@@ -15,6 +15,16 @@ Three sources:
     "distributed training ..."), classified zero-shot from the prompt
     ``"Python documentation about {topic}"``.
 
+* ``wordnet``: REAL text from a second, unrelated corpus: the synsets of WordNet 3.0 (the
+  data files of Debian's ``wordnet-base`` package in ``/usr/share/wordnet``, parsed here
+  from the wndb(5WN) format), embedded with the same MiniLM. Each synset gives one item:
+
+  - query view: its words, e.g. "dog, domestic dog, Canis familiaris";
+  - document view: its definition (the gloss without the quoted examples), so the paired
+    query -> document task is "find the definition of these words";
+  - label: its lexicographer file (e.g. ``noun.animal`` -> "animals"), classified
+    zero-shot from the prompt ``"a dictionary definition about {topic}"``.
+
 * ``synthetic``: a CLIP-like Gaussian-mixture generator (512-d by default), clearly
   synthetic, for scale tests.
 
@@ -22,7 +32,8 @@ Three sources:
   (:func:`load_npz_embeddings`): document = image, query = its caption, label = its class.
 
 Embeddings are cached as ``.npy`` under ``bench/.cache/`` keyed by a hash of the corpus
-text (the corpus itself is cached keyed by the source files' paths, sizes and mtimes).
+text (the docstring corpus itself is cached keyed by the source files' paths, sizes and
+mtimes; the WordNet corpus is parsed again each time, in about a second).
 """
 
 from __future__ import annotations
@@ -56,15 +67,17 @@ class DatasetError(RuntimeError):
 
 @dataclass(frozen=True)
 class TopicClass:
-    """One zero-shot class: a short name, the prompt topic, and the module prefixes it owns."""
+    """One zero-shot class: a short name, the prompt topic, and the module prefixes (or the
+    WordNet lexicographer files) it owns; ``template`` turns the topic into the prompt."""
 
     name: str
     topic: str
     prefixes: tuple[str, ...]
+    template: str = PROMPT_TEMPLATE
 
     @property
     def prompt(self) -> str:
-        return PROMPT_TEMPLATE.format(topic=self.topic)
+        return self.template.format(topic=self.topic)
 
 
 DOCSTRING_TOPICS: tuple[TopicClass, ...] = (
@@ -321,9 +334,10 @@ def load_docstring_corpus(
     return items
 
 
-def corpus_hash(items: Sequence[DocItem], classes: Sequence[TopicClass]) -> str:
+def corpus_hash(items: Sequence[DocItem], classes: Sequence[TopicClass],
+                version: str = CORPUS_VERSION) -> str:
     """Hash of everything that is embedded: queries, documents and class prompts."""
-    h = hashlib.sha1(CORPUS_VERSION.encode())
+    h = hashlib.sha1(version.encode())
     for c in classes:
         h.update(c.prompt.encode() + b"\0")
     for it in items:
@@ -362,7 +376,7 @@ def embed_texts(model, texts: Sequence[str], batch_size: int = 128) -> np.ndarra
 
 @dataclass
 class CorpusEmbeddings:
-    """Cached embeddings of a docstring corpus (row i of each array = corpus item i)."""
+    """Cached embeddings of a text corpus (row i of each array = corpus item i)."""
 
     items: list[DocItem]
     documents: np.ndarray
@@ -372,19 +386,22 @@ class CorpusEmbeddings:
     embed_seconds: float  # 0.0 when loaded from the cache
 
 
-def embed_docstring_corpus(
+def embed_corpus(
+    items: Sequence[DocItem],
+    classes: Sequence[TopicClass],
     *,
-    classes: Sequence[TopicClass] = DOCSTRING_TOPICS,
+    version: str = CORPUS_VERSION,
     cache_dir: Path = CACHE_DIR,
     batch_size: int = 128,
     max_seq_length: int = 128,
-    per_class_cap: int = 2500,
 ) -> CorpusEmbeddings:
-    """Embed (or load from ``cache_dir``) the docstring corpus with MiniLM."""
-    items = load_docstring_corpus(classes, cache_dir=cache_dir, per_class_cap=per_class_cap)
-    if not items:
-        raise DatasetError("no docstrings found: are the source packages installed?")
-    key = f"{corpus_hash(items, classes)}-minilm{max_seq_length}"
+    """Embed (or load from ``cache_dir``) the class prompts, queries and documents of a corpus.
+
+    The cache files are named by :func:`corpus_hash` of the texts (with ``version``) and
+    the truncation length, so any change to the corpus embeds it again.
+    """
+    items = list(items)
+    key = f"{corpus_hash(items, classes, version)}-minilm{max_seq_length}"
     files = {part: cache_dir / f"emb-{key}-{part}.npy" for part in ("docs", "queries", "prompts")}
     if all(f.is_file() for f in files.values()):
         arrays = {part: np.load(f) for part, f in files.items()}
@@ -405,16 +422,34 @@ def embed_docstring_corpus(
     return CorpusEmbeddings(items, arrays["docs"], arrays["queries"], arrays["prompts"], key, seconds)
 
 
-def load_minilm_docstrings(
-    n_train: int = 20_000,
-    n_test: int = 5_000,
+def embed_docstring_corpus(
     *,
-    seed: int = 0,
     classes: Sequence[TopicClass] = DOCSTRING_TOPICS,
     cache_dir: Path = CACHE_DIR,
+    batch_size: int = 128,
+    max_seq_length: int = 128,
+    per_class_cap: int = 2500,
+) -> CorpusEmbeddings:
+    """Embed (or load from ``cache_dir``) the docstring corpus with MiniLM."""
+    items = load_docstring_corpus(classes, cache_dir=cache_dir, per_class_cap=per_class_cap)
+    if not items:
+        raise DatasetError("no docstrings found: are the source packages installed?")
+    return embed_corpus(items, classes, version=CORPUS_VERSION, cache_dir=cache_dir,
+                        batch_size=batch_size, max_seq_length=max_seq_length)
+
+
+def split_corpus(
+    corpus: CorpusEmbeddings,
+    classes: Sequence[TopicClass],
+    n_train: int,
+    n_test: int,
+    *,
+    seed: int,
+    name: str,
+    description: str,
 ) -> EmbeddingDataset:
-    """Real MiniLM embeddings of docstrings, split at random (``seed``) into train / test."""
-    corpus = embed_docstring_corpus(classes=classes, cache_dir=cache_dir)
+    """A seeded permutation of the corpus: the first ``n_train`` documents train, the next
+    ``n_test`` documents are the test set, with their paired queries and labels."""
     n = len(corpus.items)
     if n_train + n_test > n:
         raise DatasetError(f"asked for {n_train}+{n_test} items but the corpus has {n}")
@@ -423,12 +458,8 @@ def load_minilm_docstrings(
     labels = np.array([it.label for it in corpus.items], dtype=np.int64)
     counts = np.bincount(labels, minlength=len(classes))
     return EmbeddingDataset(
-        name="minilm",
-        description=(
-            "REAL: all-MiniLM-L6-v2 (384-d) embeddings of Python docstrings from the stdlib and "
-            "installed packages; document = docstring body, query = its summary line, "
-            f"label = module topic family ({len(classes)} classes)"
-        ),
+        name=name,
+        description=description,
         train=corpus.documents[train_idx],
         test=corpus.documents[test_idx],
         test_queries=corpus.queries[test_idx],
@@ -441,6 +472,206 @@ def load_minilm_docstrings(
             "class_sizes": {c.name: int(k) for c, k in zip(classes, counts)},
             "embed_seconds": round(corpus.embed_seconds, 1),
         },
+    )
+
+
+def load_minilm_docstrings(
+    n_train: int = 20_000,
+    n_test: int = 5_000,
+    *,
+    seed: int = 0,
+    classes: Sequence[TopicClass] = DOCSTRING_TOPICS,
+    cache_dir: Path = CACHE_DIR,
+) -> EmbeddingDataset:
+    """Real MiniLM embeddings of docstrings, split at random (``seed``) into train / test."""
+    corpus = embed_docstring_corpus(classes=classes, cache_dir=cache_dir)
+    return split_corpus(
+        corpus, classes, n_train, n_test, seed=seed, name="minilm",
+        description=(
+            "REAL: all-MiniLM-L6-v2 (384-d) embeddings of Python docstrings from the stdlib and "
+            "installed packages; document = docstring body, query = its summary line, "
+            f"label = module topic family ({len(classes)} classes)"
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- wordnet (real text)
+
+WORDNET_DIR = Path("/usr/share/wordnet")
+WORDNET_PROMPT_TEMPLATE = "a dictionary definition about {topic}"
+WORDNET_CORPUS_VERSION = "wordnet-v1"  # bump when the parsing rules change
+#: At most this many synsets per lexicographer file: 63,282 items in 40 classes (the largest
+#: class is under 5 %), enough for a 50,000 / 8,000 split (2500 would give 57,387).
+WORDNET_CLASS_CAP = 3000
+#: The data files read, in this order (the first of two items with the same query or
+#: document wins), with the letter that names their synsets (``n02084071``).
+WORDNET_PARTS: tuple[tuple[str, str], ...] = (("noun", "n"), ("verb", "v"), ("adj", "a"), ("adv", "r"))
+
+#: The 45 lexicographer files of WordNet 3.0, indexed by ``lex_filenum`` (lexnames(5WN)),
+#: each with the topic phrase of its zero-shot prompt.
+WORDNET_LEXNAMES: tuple[tuple[str, str], ...] = (
+    ("adj.all", "qualities and characteristics of things"),  # 00
+    ("adj.pert", "what something is of or relating to"),
+    ("adv.all", "the manner, degree or time of an action"),
+    ("noun.Tops", "the most general concepts"),
+    ("noun.act", "acts and actions"),
+    ("noun.animal", "animals"),  # 05
+    ("noun.artifact", "man-made objects"),
+    ("noun.attribute", "attributes and properties of people and objects"),
+    ("noun.body", "body parts"),
+    ("noun.cognition", "knowledge, thinking and cognition"),
+    ("noun.communication", "communication and language"),  # 10
+    ("noun.event", "events and happenings"),
+    ("noun.feeling", "feelings and emotions"),
+    ("noun.food", "food and drinks"),
+    ("noun.group", "groups and collections of people or things"),
+    ("noun.location", "places and locations"),  # 15
+    ("noun.motive", "goals and motives"),
+    ("noun.object", "natural objects"),
+    ("noun.person", "people"),
+    ("noun.phenomenon", "natural phenomena"),
+    ("noun.plant", "plants"),  # 20
+    ("noun.possession", "money, property and possessions"),
+    ("noun.process", "natural processes"),
+    ("noun.quantity", "quantities and units of measure"),
+    ("noun.relation", "relations between people, things or ideas"),
+    ("noun.shape", "shapes"),  # 25
+    ("noun.state", "states and conditions"),
+    ("noun.substance", "substances and materials"),
+    ("noun.time", "time and periods of time"),
+    ("verb.body", "bodily functions, grooming and dressing"),
+    ("verb.change", "changing something"),  # 30
+    ("verb.cognition", "thinking and judging"),
+    ("verb.communication", "speaking and communicating"),
+    ("verb.competition", "fighting and competing"),
+    ("verb.consumption", "eating and drinking"),
+    ("verb.contact", "touching, hitting and attaching"),  # 35
+    ("verb.creation", "making and creating things"),
+    ("verb.emotion", "feeling emotions"),
+    ("verb.motion", "movement"),
+    ("verb.perception", "seeing, hearing and perceiving"),
+    ("verb.possession", "buying, selling, owning and giving"),  # 40
+    ("verb.social", "social and political activities"),
+    ("verb.stative", "being, having and spatial relations"),
+    ("verb.weather", "the weather"),
+    ("adj.ppl", "participles used as adjectives"),  # 44
+)
+
+_ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")
+_EXAMPLE_START = re.compile(r';\s*"')
+
+
+def parse_wordnet_line(line: str) -> tuple[int, str, list[str], str] | None:
+    """``(lex_filenum, synset offset, words, definition)`` of one wndb(5WN) data line.
+
+    ``None`` for the license header (lines starting with two spaces) and blank lines. Words
+    lose their adjective marker ("(a)", "(p)", "(ip)") and have underscores as spaces; the
+    definition is the gloss up to the first ``; "`` (the quoted examples), whitespace
+    collapsed, surrounding quotes stripped.
+    """
+    if line.startswith("  ") or not line.strip():
+        return None
+    head, sep, gloss = line.partition(" | ")
+    fields = head.split()
+    try:
+        offset, lex_filenum, w_cnt = fields[0], int(fields[1]), int(fields[3], 16)
+    except (IndexError, ValueError) as exc:
+        raise DatasetError(f"not a WordNet data line: {line[:80]!r}") from exc
+    words: list[str] = []
+    for raw in fields[4:4 + 2 * w_cnt:2]:
+        word = _ADJ_MARKER.sub("", raw).replace("_", " ")
+        if word not in words:
+            words.append(word)
+    definition = _EXAMPLE_START.split(gloss, maxsplit=1)[0] if sep else ""
+    return lex_filenum, offset, words, _normalise_space(definition).strip('"').strip()
+
+
+def collect_wordnet_corpus(
+    wordnet_dir: str | Path = WORDNET_DIR,
+    *,
+    per_class_cap: int = WORDNET_CLASS_CAP,
+    min_class_size: int = 200,
+) -> tuple[list[DocItem], tuple[TopicClass, ...]]:
+    """(items, classes) of the WordNet synsets in ``wordnet_dir``, deterministically.
+
+    Query = the synset's words joined with ", ", document = its definition, class = its
+    lexicographer file. Items whose query or document duplicates an earlier one
+    (case/space-insensitive; noun, verb, adj, adv files in offset order) are dropped, so each
+    query has exactly one correct document. Lexicographer files with fewer than
+    ``min_class_size`` remaining items are dropped; larger ones are subsampled to
+    ``per_class_cap`` by a hash of the synset id. Labels index the returned classes (in
+    ``lex_filenum`` order); items are sorted by synset id (``n02084071``).
+
+    Raises:
+        DatasetError: a data file is missing (install Debian's ``wordnet-base``) or malformed.
+    """
+    folder = Path(wordnet_dir)
+    by_lex: dict[int, list[DocItem]] = {}
+    seen_queries: set[str] = set()
+    seen_docs: set[str] = set()
+    for part, letter in WORDNET_PARTS:
+        path = folder / f"data.{part}"
+        if not path.is_file():
+            raise DatasetError(
+                f"WordNet data file not found: {path}; install WordNet 3.0 with "
+                "`apt-get install wordnet-base` (Debian/Ubuntu) or pass its folder"
+            )
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                parsed = parse_wordnet_line(line)
+                if parsed is None:
+                    continue
+                lex, offset, words, definition = parsed
+                if not words or not definition or not 0 <= lex < len(WORDNET_LEXNAMES):
+                    continue
+                query = ", ".join(words)
+                qkey, dkey = _normalise_space(query).lower(), definition.lower()
+                if qkey in seen_queries or dkey in seen_docs:
+                    continue
+                seen_queries.add(qkey)
+                seen_docs.add(dkey)
+                # label = lex_filenum for now; renumbered below once small classes are dropped
+                by_lex.setdefault(lex, []).append(DocItem(f"{letter}{offset}", lex, query, definition))
+    kept = [lex for lex in sorted(by_lex) if len(by_lex[lex]) >= min_class_size]
+    classes = tuple(
+        TopicClass(WORDNET_LEXNAMES[lex][0], WORDNET_LEXNAMES[lex][1], (WORDNET_LEXNAMES[lex][0],),
+                   WORDNET_PROMPT_TEMPLATE)
+        for lex in kept
+    )
+    items: list[DocItem] = []
+    for label, lex in enumerate(kept):
+        group = sorted(by_lex[lex], key=lambda it: _stable_key(it.qualname))[:per_class_cap]
+        items.extend(DocItem(it.qualname, label, it.query, it.document) for it in group)
+    return sorted(items, key=lambda it: it.qualname), classes
+
+
+def load_minilm_wordnet(
+    n_train: int = 20_000,
+    n_test: int = 5_000,
+    *,
+    seed: int = 0,
+    wordnet_dir: str | Path = WORDNET_DIR,
+    cache_dir: Path = CACHE_DIR,
+    per_class_cap: int = WORDNET_CLASS_CAP,
+    min_class_size: int = 200,
+) -> EmbeddingDataset:
+    """Real MiniLM embeddings of WordNet synsets, split at random (``seed``) into train / test.
+
+    Same fields and split as :func:`load_minilm_docstrings`: documents = definitions,
+    queries = the synsets' words, labels = lexicographer files.
+    """
+    items, classes = collect_wordnet_corpus(
+        wordnet_dir, per_class_cap=per_class_cap, min_class_size=min_class_size)
+    if not items:
+        raise DatasetError(f"no WordNet synsets found in {wordnet_dir}")
+    corpus = embed_corpus(items, classes, version=WORDNET_CORPUS_VERSION, cache_dir=cache_dir)
+    return split_corpus(
+        corpus, classes, n_train, n_test, seed=seed, name="wordnet",
+        description=(
+            "REAL: all-MiniLM-L6-v2 (384-d) embeddings of WordNet 3.0 synsets; document = the "
+            "definition (gloss without examples), query = the synset's words, label = "
+            f"lexicographer file ({len(classes)} classes), prompt = {WORDNET_PROMPT_TEMPLATE!r}"
+        ),
     )
 
 

@@ -78,6 +78,8 @@ class CollectionStats:
     dim: int
     codec_hash: str | None
     codec_config: dict[str, Any] | None
+    #: Whether search re-ranks with the codec's neural decoder (else with the linear one).
+    neural_decoder: bool = False
     #: The in-memory index, when one is loaded: its kind and RAM per item (codes + ids).
     index_kind: str | None = None
     index_bytes_per_item: float | None = None
@@ -193,13 +195,13 @@ class Collection:
                     return ray_ingest(self, sources, options=ray, metadata=metadata, progress=progress)
                 finally:
                     self._forget_codec()  # the run may have attached a codec; its rows are foreign writes
-                    self._save_index()
+                    self.sync_index()
             pipeline = self._pipeline()
             with service.writing():
                 try:
                     return pipeline.run(sources, metadata=metadata, progress=progress)
                 finally:
-                    self._save_index()
+                    self.sync_index()
 
     def add_images(
         self,
@@ -228,7 +230,7 @@ class Collection:
                 discard(created)
                 raise
             finally:
-                self._save_index()
+                self.sync_index()
             discard(self._unreferenced_uploads(created, report))
             return report
 
@@ -393,7 +395,7 @@ class Collection:
             )
             return encoder.encode_images([decoded])
         assert item is not None
-        return self._require_codec().decode(self.codes(item)[None, :])
+        return self._require_codec().refined_decode(self.codes(item)[None, :])
 
     def search_vector(
         self,
@@ -560,6 +562,7 @@ class Collection:
             dim=self.dim,
             codec_hash=codec.content_hash if codec else None,
             codec_config=codec.config.to_dict() if codec else None,
+            neural_decoder=codec is not None and codec.neural_decoder is not None,
             index_kind=described.kind if described else None,
             index_bytes_per_item=round(described.bytes_per_item, 3) if described else None,
             index_nlist=described.nlist if described else None,
@@ -571,9 +574,10 @@ class Collection:
     # -- internals -----------------------------------------------------------------------
     def _pipeline(self) -> IngestPipeline:
         settings = self._db.settings
-        if self.codec is not None and self._db.shard_search is None:
+        if self.codec is not None and self._db.shard_search is None and self._db.holds_indexes:
             # Load the index first, so this ingest's rows are applied in place (a sharded
-            # deployment's ingress holds no index: the shards catch up by themselves).
+            # deployment's ingress, or a database opened with indexes=False, holds no index:
+            # the processes that do catch up by themselves).
             self.index  # noqa: B018
         return IngestPipeline(
             sessions=self._db.sessions,
@@ -606,8 +610,13 @@ class Collection:
         with self._codec_lock:
             self._codec = None
 
-    def _save_index(self) -> None:
-        """After an ingest: have an index (built once after the codec was trained) and save it."""
+    def sync_index(self) -> None:
+        """After an ingest (this process's, or another's such as the server's ingest worker):
+        have an index caught up with every committed write (built once after the codec was
+        trained), of the kind the collection's size calls for, and save it when that is worth
+        it. Nothing in a database opened with ``indexes=False``."""
+        if not self._db.holds_indexes:
+            return
         if self.codec is not None:
             self.index  # noqa: B018 - caught up too, should another process have written meanwhile
         if not self.index_service.migrate_if_needed():  # a switch of index kind saves by itself

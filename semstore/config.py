@@ -52,6 +52,14 @@ class Settings(BaseSettings):
         ),
     )
 
+    codec_neural_decoder: bool = Field(
+        default=False,
+        description=(
+            "Train a neural re-rank decoder with a new collection's codec (semstore.codec.neural): same codes, "
+            "same ADC shortlist, the shortlist re-ordered by a small MLP that decodes the codes better."
+        ),
+    )
+
     max_image_pixels: int = Field(default=89_478_485, ge=1, description="Images above this many pixels are rejected (decompression bombs).")
     max_decode_pixels: int = Field(
         default=2 * 89_478_485,
@@ -142,6 +150,16 @@ class Settings(BaseSettings):
         ),
     )
     inference_concurrency: int = Field(default=2, ge=1, description="Encoder/ingest jobs the server runs at once.")
+    ingest_processes: int = Field(
+        default=1, ge=0,
+        description=(
+            "Worker processes (niced, started with the server) that run the server's uploads and path ingests, "
+            "so that their Python work (decode, encoder, codec, SQL) never holds the GIL of the process answering "
+            "searches. Each loads its own encoder (memory: one model per process); several may write one collection "
+            "at once, as replicas do. 0: run ingests on low-priority threads of the server process. A server given an "
+            "encoder_factory that cannot be pickled (e.g. a lambda) uses the threads."
+        ),
+    )  # fmt: skip
     index_poll_seconds: float = Field(
         default=2.0, ge=0, description="How often the server applies other replicas' writes to its indexes (0: only on request)."
     )

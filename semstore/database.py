@@ -35,6 +35,10 @@ class Database:
     per model, the ``settings.max_loaded_encoders`` most recently used kept loaded),
     ``settings`` carries every default; ``pixel_budget`` bounds the pixels its collections
     decode at once (``settings.max_decode_pixels``, over all threads).
+
+    ``indexes=False`` opens a writer that holds no index: its ingests never load, build or
+    save one (e.g. the server's ingest worker process, whose writes the server's own index
+    catches up with through the collection's revision, like another replica's).
     """
 
     def __init__(
@@ -45,8 +49,10 @@ class Database:
         encoder_factory: EncoderFactory | None = None,
         migrate: bool = True,
         create: bool = True,
+        indexes: bool = True,
     ) -> None:
         self.settings = settings or get_settings()
+        self.holds_indexes = indexes
         self.url = storage.normalize_database_url(url or self.settings.resolved_database_url())
         if migrate:
             storage.upgrade_head(self.url, create=create)
@@ -252,6 +258,7 @@ class Database:
             num_subvectors=self.settings.codec_num_subvectors,
             codebook_size=self.settings.codec_codebook_size,
             beam_size=self.settings.codec_beam_size,
+            neural_decoder=self.settings.codec_neural_decoder,
         )
 
     def index_directory(self, collection: Collection) -> Path:

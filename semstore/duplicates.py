@@ -231,7 +231,7 @@ def _similar_pairs(
             bar.update(min(batch, len(ids) - start))
             if len(queries) == 0:
                 continue
-            vectors = codec.decode(codes, normalize=True)
+            vectors = codec.refined_decode(codes, normalize=True)
             found_scores, found = search(vectors, k, rerank)
             del vectors
             query = np.repeat(queries, found.shape[1])

@@ -108,7 +108,7 @@ def classify_codes(
     best = np.empty(ids.size, dtype=np.int64)
     best_scores = np.empty(ids.size, dtype=np.float32)
     for start in range(0, ids.size, _CLASSIFY_CHUNK):
-        decoded = codec.decode(codes[start : start + _CLASSIFY_CHUNK])
+        decoded = codec.refined_decode(codes[start : start + _CLASSIFY_CHUNK])
         cosines = decoded @ prompts.T
         best[start : start + _CLASSIFY_CHUNK] = np.argmax(cosines, axis=1)
         best_scores[start : start + _CLASSIFY_CHUNK] = np.max(cosines, axis=1)

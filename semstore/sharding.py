@@ -82,7 +82,7 @@ def shard_candidates(
         unit = vector[0] / max(float(np.linalg.norm(vector[0])), 1e-12)
         cosine = np.zeros(0, dtype=np.float32)
         if ids.size:
-            decoded = index.codec.decode(index.codes_for(ids), normalize=True)
+            decoded = index.codec.refined_decode(index.codes_for(ids), normalize=True)
             cosine = (decoded @ unit).astype(np.float32)
     return ShardCandidates(adc.astype(np.float32), ids.astype(np.int64), cosine)
 

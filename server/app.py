@@ -1,8 +1,10 @@
 """FastAPI application factory (``uvicorn --factory server.app:create_app``, or ``semstore serve``).
 
 One :class:`~semstore.database.Database` per app, connected on first use and shared by
-every request; encoder work and ingest run in worker threads, at most
-``settings.inference_concurrency`` at a time, never on the event loop.
+every request; encoder work runs in worker threads, at most ``settings.inference_concurrency``
+at a time, never on the event loop; uploads and path ingests run in niced worker processes
+(``settings.ingest_processes``, see :mod:`server.ingest_process`; 0: on niced threads, then
+counted against ``inference_concurrency`` too).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(settings.switch_interval_ms / 1000)
+        state.ingest.start()  # a worker process starts (imports torch) now, not at the first upload
         # Loading the indexes before the first request makes /health's readiness meaningful.
         ready = await anyio.to_thread.run_sync(state.warmup.run)
         if not ready:
@@ -90,7 +93,7 @@ def create_app(settings: Settings | None = None, encoder_factory: EncoderFactory
         finally:
             if poller is not None:
                 await anyio.to_thread.run_sync(poller.stop)
-            state.ingest.shutdown()
+            await anyio.to_thread.run_sync(state.ingest.shutdown)  # waits for running ingests
             state.database.close()
             sys.setswitchinterval(switch_interval)
 

@@ -206,6 +206,6 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
         422: "Invalid request or unprocessable image",
         429: "Rate limit exceeded (see Retry-After)",
         500: "Internal error",
-        503: "Database unavailable or busy",
+        503: "Database unavailable or busy, or the ingest worker process stopped during the request",
     }.items()
 }

@@ -154,6 +154,7 @@ class CollectionOut(BaseModel):
     dim: int
     codec_hash: str | None
     codec_config: dict[str, Any] | None
+    neural_decoder: bool = Field(default=False, description="Whether search re-ranks with the codec's neural decoder.")
     index_kind: str | None = Field(default=None, description="The loaded in-memory index, e.g. adc-pq (exhaustive ADC).")
     index_bytes_per_item: float | None = Field(default=None, description="RAM of the loaded index per item (codes + ids).")
     index_nlist: int | None = Field(default=None, description="Inverted lists of an IVF index.")

@@ -13,6 +13,7 @@ import anyio
 from semstore.encoders.policy import ModelPolicy
 from server.batching import TextBatcher
 from server.duplicate_jobs import DuplicateJobs
+from server.ingest_process import IngestProcesses, build_ingest
 from server.ingest_threads import IngestThreads
 from server.limits import RateLimiter
 from server.metrics import Metrics
@@ -118,7 +119,7 @@ class AppState:
     warmup: IndexWarmup
     inference: anyio.CapacityLimiter
     text_batcher: TextBatcher
-    ingest: IngestThreads
+    ingest: IngestThreads | IngestProcesses
     duplicates: DuplicateJobs = field(default_factory=DuplicateJobs)
     _touched: dict[int, float] = field(default_factory=dict)
     _touch_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -137,7 +138,7 @@ class AppState:
             warmup=IndexWarmup(holder),
             inference=inference,
             text_batcher=TextBatcher(inference),
-            ingest=IngestThreads(settings.inference_concurrency),
+            ingest=build_ingest(settings, encoder_factory, inference),
         )
 
     def should_touch(self, key_id: int) -> bool:

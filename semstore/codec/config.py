@@ -13,6 +13,7 @@ _NEUTRAL_ADDITIONS: dict[str, Any] = {
     "patience": None,
     "kmeans_points_per_centroid": 256,  # FAISS's default, which the first codecs were trained with
     "kmeans_progressive_steps": 10,  # likewise
+    "neural_decoder": False,
 }
 
 
@@ -57,6 +58,10 @@ class CodecConfig:
     ``parallel_weight`` (w >= 1) weighs the reconstruction error along each item's own
     direction w times more than the error across it (ScaNN's score-aware loss); 1 is plain
     squared error.
+    ``neural_decoder`` also trains a neural re-rank decoder (:mod:`semstore.codec.neural`) on
+    the same vectors after the linear fit: the codes, the ADC scores and the shortlist stay
+    those of the linear codec; only the shortlist's order comes from the neural decoder. It is
+    kept only if it beats the linear decoder on held-out vectors.
     """
 
     dim: int
@@ -74,6 +79,7 @@ class CodecConfig:
     parallel_weight: float = 1.0
     max_train_vectors: int = 100_000
     init: str = "residual-quantizer"
+    neural_decoder: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +105,8 @@ class CodecConfig:
             )
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ValueError(f"patience must be None or an integer >= 1, got {self.patience!r}")
+        if not isinstance(self.neural_decoder, bool):
+            raise ValueError(f"neural_decoder must be true or false, got {self.neural_decoder!r}")
         if self.init not in ("kmeans", "residual-quantizer"):
             raise ValueError(f"init must be 'kmeans' or 'residual-quantizer', got {self.init!r}")
         if not (isinstance(self.parallel_weight, int | float) and 1.0 <= self.parallel_weight <= 1000.0):

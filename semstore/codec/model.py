@@ -46,6 +46,7 @@ import numpy as np
 
 from semstore.codec.config import CodecConfig
 from semstore.codec.lut_search import LutBeamSearch, native_bfloat16
+from semstore.codec.neural import NEURAL_PREFIX, NeuralDecoder, NeuralDecoderConfig, NeuralFitReport, fit_neural_decoder
 from semstore.codec.quantizer import beam_encode, plain_search, stage_codebooks
 from semstore.codec.training import FitReport, train_shared_codebook
 
@@ -85,9 +86,15 @@ class PQVAECodec:
     (3, 32)
     """
 
-    def __init__(self, dim: int, num_subvectors: int = 16, codebook_size: int = 256, **hyper: Any) -> None:
+    def __init__(
+        self, dim: int, num_subvectors: int = 16, codebook_size: int = 256,
+        *, neural_config: NeuralDecoderConfig | None = None, **hyper: Any,
+    ) -> None:  # fmt: skip
         self.config = CodecConfig(dim=dim, num_subvectors=num_subvectors, codebook_size=codebook_size, **hyper)
+        self.neural_config = neural_config
         self.report: FitReport | None = None
+        self.neural_decoder: NeuralDecoder | None = None
+        self.neural_report: NeuralFitReport | None = None
         self._params: dict[str, np.ndarray] | None = None
         self._cache: dict[str, Any] = {}
         self._content_hash: str | None = None
@@ -134,7 +141,9 @@ class PQVAECodec:
 
     @property
     def content_hash(self) -> str:
-        """SHA-256 of the config and weights: the codec's version, stable across save/load."""
+        """SHA-256 of the config and the weights that define codes and ADC scores: the codec's
+        version, stable across save/load. An attached neural decoder is not part of it (it
+        changes no code); it carries its own hash, checked when the file is read."""
         if self._content_hash is None:
             params = self._require()
             digest = hashlib.sha256(json.dumps(self.config.identity_dict(), sort_keys=True).encode())
@@ -153,7 +162,8 @@ class PQVAECodec:
         uses the average of their (trace-normalised) second moment and the data's, so both
         text -> image and image -> image scores are protected. Without them the training
         vectors stand in for queries.
-        The report of the run is kept in :attr:`report`.
+        The report of the run is kept in :attr:`report`. With ``neural_decoder`` in the config a
+        neural re-rank decoder is then trained on the same vectors (:meth:`fit_neural_decoder`).
         """
         data = _as_matrix("X", X, self.dim)
         if data.shape[0] < 2:
@@ -181,7 +191,39 @@ class PQVAECodec:
             }
         )
         self.report = report
+        self.neural_decoder = self.neural_report = None
+        if self.config.neural_decoder:
+            self.fit_neural_decoder(train, seed=seed, progress=progress)
         return self
+
+    def fit_neural_decoder(
+        self, X: Any, config: NeuralDecoderConfig | None = None, *, seed: int = 0, progress: bool = False,
+    ) -> NeuralFitReport:  # fmt: skip
+        """Train the neural re-rank decoder on embeddings ``X``; returns its report.
+
+        The decoder is attached only when it beat the linear decoder on the held-out vectors
+        (``report.best_epoch > 0``); otherwise the codec keeps re-ranking with the linear
+        decoder and pays nothing for the attempt at search time. The codes are not touched
+        (``content_hash`` stays the same), so a decoder can be added to a codec whose codes are
+        already stored. ``config`` defaults to the one given to the constructor, else
+        :class:`~semstore.codec.neural.NeuralDecoderConfig`'s defaults.
+        """
+        data = _as_matrix("X", X, self.dim)
+        codes = self.encode(data, exact=True)
+        decoder, report = fit_neural_decoder(
+            data, codes, self.decode(codes, normalize=False), self.codebook_size,
+            config or self.neural_config, seed=seed, progress=progress,
+        )  # fmt: skip
+        self.neural_report = report
+        if report.best_epoch > 0:
+            self._attach_neural(decoder)
+        return report
+
+    def _attach_neural(self, decoder: NeuralDecoder) -> None:
+        if decoder.dim != self.dim or decoder.num_subvectors != self.num_subvectors or decoder.codebook_size != self.codebook_size:
+            raise ValueError("the neural decoder does not match the codec's shape")
+        decoder.bind(self._decoder_books(), self._require()["mean"])
+        self.neural_decoder = decoder
 
     # -- coding --------------------------------------------------------------------------
     def encode(self, X: Any, *, beam_size: int | None = None, exact: bool = False) -> np.ndarray:
@@ -220,6 +262,21 @@ class PQVAECodec:
         out = np.broadcast_to(params["mean"], (checked.shape[0], self.dim)).copy()
         for m in range(self.num_subvectors):
             out += books[m][checked[:, m]]
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def refined_decode(self, codes: Any, *, normalize: bool = True) -> np.ndarray:
+        """The best reconstructions the codec has: the neural decoder's when one is attached,
+        else :meth:`decode`'s. What re-ranking, classification and duplicate detection score.
+
+        Only the order of a shortlist changes with it: ADC (the shortlist) always scores the
+        linear reconstruction.
+        """
+        if self.neural_decoder is None:
+            return self.decode(codes, normalize=normalize)
+        checked = self.validate_codes(codes)
+        out = self.neural_decoder.refine(checked, self.decode(checked, normalize=False))
         if normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
@@ -296,7 +353,12 @@ class PQVAECodec:
             "content_hash": self.content_hash,
             "report": json.dumps(self.report.__dict__ if self.report else {}, default=float),
         }
-        return save({name: np.ascontiguousarray(params[name]) for name in _TENSORS}, metadata=metadata)
+        tensors = {name: np.ascontiguousarray(params[name]) for name in _TENSORS}
+        if self.neural_decoder is not None:
+            tensors.update(self.neural_decoder.to_tensors())
+            metadata["neural_config"] = self.neural_decoder.config_json()
+            metadata["neural_hash"] = self.neural_decoder.content_hash
+        return save(tensors, metadata=metadata)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "PQVAECodec":
@@ -314,6 +376,8 @@ class PQVAECodec:
         codec = cls.__new__(cls)
         codec.config = config
         codec.report = None
+        codec.neural_config = None
+        codec.neural_decoder = codec.neural_report = None
         codec._cache = {}
         codec._content_hash = None
         missing = [name for name in _TENSORS if name not in tensors]
@@ -322,6 +386,15 @@ class PQVAECodec:
         codec._set_params({name: tensors[name] for name in _TENSORS})
         if codec.content_hash != metadata.get("content_hash"):
             raise ValueError("codec file is corrupt: content hash does not match its weights")
+        if "neural_config" in metadata:
+            try:
+                codec._attach_neural(NeuralDecoder.from_tensors(tensors, metadata["neural_config"]))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"codec file has a broken neural decoder: {exc}") from exc
+            if codec.neural_decoder.content_hash != metadata.get("neural_hash"):
+                raise ValueError("codec file is corrupt: the neural decoder's hash does not match its weights")
+        elif any(name.startswith(NEURAL_PREFIX) for name in tensors):
+            raise ValueError("codec file has neural decoder tensors but no neural_config")
         return codec
 
     def save(self, path: str | Path) -> Path:
@@ -343,9 +416,10 @@ class PQVAECodec:
 
     def __repr__(self) -> str:
         state = f"version={self.content_hash[:12]}" if self.is_fitted else "unfitted"
+        neural = ", neural decoder" if self.neural_decoder is not None else ""
         return (
             f"PQVAECodec(dim={self.dim}, num_subvectors={self.num_subvectors}, "
-            f"codebook_size={self.codebook_size}, bits={self.bits_per_vector:g}, {state})"
+            f"codebook_size={self.codebook_size}, bits={self.bits_per_vector:g}, {state}{neural})"
         )
 
     # -- internals -----------------------------------------------------------------------

@@ -293,7 +293,7 @@ class ADCIndex:
         unit = np.asarray(queries, dtype=np.float32).reshape(positions.shape[0], -1)
         unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
         valid = positions >= 0
-        decoded = self._codec.decode(self._store.read_codes(positions[valid]), normalize=True)
+        decoded = self._codec.refined_decode(self._store.read_codes(positions[valid]), normalize=True)
         cosine = np.full(positions.shape, -np.inf, dtype=np.float32)
         cosine[valid] = np.einsum("nd,nd->n", decoded, unit[np.nonzero(valid)[0]])
         return top_k_columns(cosine, positions, k)

@@ -283,7 +283,7 @@ class IVFIndex:
         valid = ids >= 0
         cosine = np.full(ids.shape, -np.inf, dtype=np.float32)
         if valid.any():
-            decoded = self._codec.decode(self._codes_unlocked(ids[valid]), normalize=True)
+            decoded = self._codec.refined_decode(self._codes_unlocked(ids[valid]), normalize=True)
             cosine[valid] = np.einsum("nd,nd->n", decoded, unit[np.nonzero(valid)[0]])
         order = np.argsort(-cosine, axis=1, kind="stable")[:, :k]
         top = np.take_along_axis(cosine, order, axis=1)

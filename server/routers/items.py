@@ -49,8 +49,7 @@ async def upload_items(
             min_edge=edge,
         )
     )
-    async with state.inference:
-        report = await state.ingest.run(partial(collection.add_images, named, metadata=meta))
+    report = await state.ingest.add_images(collection, named, meta)
     sources = [upload_uri(name, data) for name, data in named]
     labels = [name for name, _ in named]
     return _ingest_out(report, sources, labels)
@@ -63,8 +62,7 @@ async def ingest_paths(collection: CollectionDep, state: StateDep, body: PathIng
         partial(confine_paths, body.paths, state.settings.allowed_ingest_roots, max_files=MAX_PATH_INGEST_FILES)
     )
     if confined.files:
-        async with state.inference:
-            report = await state.ingest.run(partial(collection.add, confined.files, metadata=body.metadata, progress=False))
+        report = await state.ingest.add_paths(collection, confined.files, body.metadata)
     else:
         report = IngestReport()
     report.failed.extend(confined.refused)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -147,9 +148,20 @@ class Photos:
 @pytest.fixture(scope="session", autouse=True)
 def single_threaded_blas() -> Iterator[None]:
     """One BLAS thread: on a busy 2-core machine OpenBLAS's spinning threads make the codec's
-    SVDs ~50x slower (the server runs in this process, so this covers it too)."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+    SVDs ~50x slower (the server runs in this process, so this covers it too; its ingest worker
+    processes, spawned from it, read the same limit from the environment)."""
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: "1" for name in names})
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -162,3 +162,38 @@ def test_codec_beam_setting_reaches_new_codecs(tmp_path: Path, settings: Setting
     assert semstore.connect(f"sqlite:///{tmp_path / 'default.db'}", settings=settings).new_codec(32).config.beam_size == 12
     with pytest.raises(ValueError):
         Settings(codec_beam_size=0)
+
+
+def test_the_neural_decoder_setting_trains_one_at_bootstrap(db_url: str, tmp_path: Path) -> None:
+    """SEMSTORE_CODEC_NEURAL_DECODER: the bootstrap trains a decoder with the codec and keeps
+    it only if it won on held-out vectors; the stored codec carries that choice to a new
+    connection, and search scores are cosines with ``refined_decode`` either way."""
+    settings = tiny_settings(tmp_path, codec_neural_decoder=True)
+    images = draw_images(tmp_path / "photos", 120)
+    db = semstore.connect(db_url, settings=settings)
+    photos = db.create_collection("photos")
+    report = photos.add(images, progress=False)
+    assert report.added == 120 and report.codec_trained
+    codec = photos.codec
+    assert codec is not None and codec.neural_report is not None  # the bootstrap trained one
+    # kept only when it beat the linear decoder on held-out vectors
+    assert (codec.neural_decoder is not None) == (codec.neural_report.best_epoch > 0)
+    assert photos.stats().neural_decoder is (codec.neural_decoder is not None)
+
+    hits = photos.search(image=images[7], k=5)
+    assert hits[0].source_uri == str(images[7].resolve())
+    # the scores are cosines with the neural reconstructions of the stored codes
+    query = photos.embed_query(image=images[7])
+    refined = codec.refined_decode(photos.codes(hits[0].id)[None, :])[0]
+    unit = query[0] / np.linalg.norm(query[0])
+    assert hits[0].score == pytest.approx(float(refined @ unit), abs=1e-5)
+    assert len(photos.classify(["red", "blue"])) == 120
+
+    db.close()
+    reopened = semstore.connect(db_url, settings=settings).collection("photos")
+    again = reopened.codec
+    assert again is not None and again.content_hash == codec.content_hash
+    if codec.neural_decoder is not None:
+        assert again.neural_decoder is not None
+        assert again.neural_decoder.content_hash == codec.neural_decoder.content_hash
+    assert [h.id for h in reopened.search(image=images[7], k=5)] == [h.id for h in hits]

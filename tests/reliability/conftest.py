@@ -162,12 +162,28 @@ class ServerProcess:
     def memory_kib(self) -> dict[str, int]:
         """The server process's ``VmRSS`` and ``VmHWM`` (peak RSS) in KiB, from /proc."""
         assert self.process is not None
-        values = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0])
-        return values
+        return _memory_kib(self.process.pid)
+
+    def ingest_workers(self) -> list[int]:
+        """The pids of the server's ingest worker processes (``settings.ingest_processes``): its
+        children started by multiprocessing, but for its resource tracker."""
+        assert self.process is not None
+        children = []
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            children += [int(pid) for pid in (task / "children").read_text().split()]
+        workers = []
+        for pid in children:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except FileNotFoundError:
+                continue
+            if b"spawn_main" in command and b"resource_tracker" not in command:
+                workers.append(pid)
+        return sorted(workers)
+
+    def worker_memory_kib(self) -> dict[int, dict[str, int]]:
+        """``memory_kib`` of each ingest worker process, by pid."""
+        return {pid: _memory_kib(pid) for pid in self.ingest_workers()}
 
     def stop(self) -> str:
         """Stop the server; returns its log (stderr + stdout)."""
@@ -179,6 +195,15 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.log.read_text(errors="replace")
+
+
+def _memory_kib(pid: int) -> dict[str, int]:
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values
 
 
 def server_errors_in(log: str) -> list[str]:

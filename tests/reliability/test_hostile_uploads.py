@@ -6,7 +6,8 @@ text renamed .jpg, PDF / EPS / SVG / FITS and other foreign formats, a body one 
 over the limit, too many multipart parts) are sent to the upload route and, as query
 images, to the image-search route. Every one must get a 4xx with the JSON error shape;
 no 5xx; ``/health`` is checked after every case; the server's peak RSS (VmHWM, from
-/proc) may grow by at most ``RSS_GROWTH_BOUND_MIB`` over its level after start-up.
+/proc) may grow by at most ``RSS_GROWTH_BOUND_MIB`` over its level after start-up, and so
+may that of its ingest worker process (where uploads are decoded), which must not die.
 A 5,000-frame GIF is refused (more than ``semstore.ingest.images.MAX_FRAMES`` frames); a PNG /
 GIF cut inside its trailing checksum or end marker is accepted (every pixel intact).
 """
@@ -131,6 +132,9 @@ def test_hostile_uploads_get_4xx_and_the_server_stays_healthy(shipped_codec, tin
         with served.client(served.admin) as admin, served.client() as anonymous:
             assert admin.post(ITEMS, files={"files": ("ok.png", image_bytes(1), "image/png")}).status_code == 200
             start_kib = served.server.memory_kib()
+            # Uploads decode in the ingest worker process (settings.ingest_processes): its peak counts too.
+            workers_start = served.server.worker_memory_kib()
+            assert len(workers_start) == served.settings.ingest_processes
 
             def expect_4xx(name: str, response: httpx.Response, health: bool = True) -> None:
                 nonlocal cases
@@ -180,11 +184,14 @@ def test_hostile_uploads_get_4xx_and_the_server_stays_healthy(shipped_codec, tin
             expect_4xx("5,000-frame GIF as query", admin.post(SEARCH_IMAGE, files={"image": ("frames.gif", frames, "image/gif")}))
             assert anonymous.get("/health").status_code == 200
             end_kib = served.server.memory_kib()
+            workers_end = served.server.worker_memory_kib()
+            assert set(workers_end) == set(workers_start), "an ingest worker was replaced (it died)"
             count = admin.get(f"/v1/collections/{COLLECTION}").json()["items"]
             assert count == 1 + len(trailer_cuts)  # ok.png and the trailer cuts: no hostile file was stored
     finally:
         log = served.server.stop()
     growth_mib = (end_kib["VmHWM"] - start_kib["VmHWM"]) / 1024
+    worker_growth_mib = max(((workers_end[pid]["VmHWM"] - workers_start[pid]["VmHWM"]) / 1024 for pid in workers_end), default=0.0)
     figures(
         "hostile-uploads",
         cases=cases,
@@ -194,9 +201,12 @@ def test_hostile_uploads_get_4xx_and_the_server_stays_healthy(shipped_codec, tin
         rss_after_start_mib=round(start_kib["VmHWM"] / 1024),
         peak_rss_mib=round(end_kib["VmHWM"] / 1024),
         peak_growth_mib=round(growth_mib, 1),
+        worker_peak_rss_mib=[round(kib["VmHWM"] / 1024) for kib in workers_end.values()],
+        worker_peak_growth_mib=round(worker_growth_mib, 1),
         bound_mib=RSS_GROWTH_BOUND_MIB,
         gif_5000_frames_seconds=round(gif_seconds, 2),
     )
     assert cases >= 100
     assert not server_errors_in(log), log[-4000:]
     assert growth_mib <= RSS_GROWTH_BOUND_MIB
+    assert worker_growth_mib <= RSS_GROWTH_BOUND_MIB

@@ -117,12 +117,12 @@ def test_codec_quality_reads_the_npz(embedded: tuple[Path, list[dict[str, str]],
     from bench.codec_quality import load_data, parse_args
 
     _, _, out = embedded
-    data = load_data(parse_args(["--dataset", "npz", "--embeddings", str(out), "--train", "25", "--test", "10"]))
+    data = load_data(parse_args(["--dataset", "npz", "--embeddings", str(out), "--train", "25", "--test", "10"]), "npz")
     np.testing.assert_array_equal(data.test, load_npz_embeddings(out, 25, 10, seed=0).test)
     with pytest.raises(SystemExit, match="needs --embeddings"):
-        load_data(parse_args(["--dataset", "npz", "--train", "25", "--test", "10"]))
+        load_data(parse_args(["--dataset", "npz", "--train", "25", "--test", "10"]), "npz")
     with pytest.raises(SystemExit, match="asked for 40\\+10 items"):
-        load_data(parse_args(["--dataset", "npz", "--embeddings", str(out), "--train", "40", "--test", "10"]))
+        load_data(parse_args(["--dataset", "npz", "--embeddings", str(out), "--train", "40", "--test", "10"]), "npz")
 
 
 def test_missing_column_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

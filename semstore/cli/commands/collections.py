@@ -100,6 +100,7 @@ def stats(
         ("dimensions", figures.dim),
         ("codec", figures.codec_hash or "none yet (trained on the first ingest)"),
         ("codec config", compact(figures.codec_config)),
+        ("re-rank decoder", "neural" if figures.neural_decoder else "linear"),
         ("index", (figures.index_kind or "none (no codec yet)") + (
             f" (nlist {figures.index_nlist}, nprobe {figures.index_nprobe})" if figures.index_nlist else "")),
         ("index RAM per item", f"{figures.index_bytes_per_item:g} B" if figures.index_bytes_per_item is not None else "-"),
