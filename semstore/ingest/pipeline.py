@@ -135,7 +135,7 @@ class IngestPipeline:
         codec_id: int | None,
         codec_factory: CodecFactory,
         batch_size: int = 32,
-        bootstrap_size: int = 5000,
+        bootstrap_size: int = 20_000,
         max_pixels: int = 89_478_485,
         pixel_budget: PixelBudget | None = None,
         on_items_added: ItemsAdded | None = None,

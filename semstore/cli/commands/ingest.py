@@ -74,7 +74,7 @@ def ingest(
             "--codec-sample",
             min=2,
             metavar="N",
-            help="A new collection's codec is trained on its first N images (default 5000, "
+            help="A new collection's codec is trained on its first N images (default 20000, "
             "SEMSTORE_CODEC_BOOTSTRAP_SIZE); nothing is stored before that. Fewer: a faster first "
             "result, a codec fitted to less data.",
         ),
