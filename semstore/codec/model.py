@@ -46,7 +46,7 @@ import numpy as np
 
 from semstore.codec.config import CodecConfig
 from semstore.codec.lut_search import LutBeamSearch, native_bfloat16
-from semstore.codec.neural import NEURAL_PREFIX, NeuralDecoder, NeuralDecoderConfig, NeuralFitReport, fit_neural_decoder
+from semstore.codec.neural import MIN_TRAIN_VECTORS, NEURAL_PREFIX, NeuralDecoder, NeuralDecoderConfig, NeuralFitReport, fit_neural_decoder
 from semstore.codec.quantizer import beam_encode, plain_search, stage_codebooks
 from semstore.codec.training import FitReport, train_shared_codebook
 
@@ -192,7 +192,7 @@ class PQVAECodec:
         )
         self.report = report
         self.neural_decoder = self.neural_report = None
-        if self.config.neural_decoder:
+        if self.config.neural_decoder and len(train) >= MIN_TRAIN_VECTORS:  # (a tiny first ingest gets none)
             self.fit_neural_decoder(train, seed=seed, progress=progress)
         return self
 

@@ -37,6 +37,8 @@ import numpy as np
 
 #: Names of the decoder's tensors inside a codec file (prefixed with ``neural.``).
 NEURAL_PREFIX = "neural."
+#: Fewest vectors a decoder is trained on (a codec fitted on fewer gets none).
+MIN_TRAIN_VECTORS = 20
 _LN_EPS = 1e-5
 
 
@@ -236,8 +238,8 @@ def fit_neural_decoder(
     n, dim = targets.shape
     if codes.shape[0] != n or linear.shape != targets.shape:
         raise ValueError("targets, codes and linear reconstructions must have one row per vector")
-    if n < 20:
-        raise ValueError(f"need at least 20 vectors to train a neural decoder, got {n}")
+    if n < MIN_TRAIN_VECTORS:
+        raise ValueError(f"need at least {MIN_TRAIN_VECTORS} vectors to train a neural decoder, got {n}")
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)

@@ -156,3 +156,10 @@ def test_folding_the_input_layer_into_tables_computes_the_same_function(codec: P
     unbound = NeuralDecoder(bound.params, bound.config)
     np.testing.assert_allclose(bound.refine(codes, linear), unbound.refine(codes, linear), rtol=1e-4, atol=1e-5)
     assert bound.flops_per_vector < unbound.flops_per_vector
+
+
+def test_a_codec_fitted_on_too_few_vectors_for_a_decoder_is_still_fitted(data: np.ndarray) -> None:
+    tiny = PQVAECodec(dim=32, num_subvectors=2, codebook_size=4, iterations=1, neural_decoder=True)
+    tiny.fit(data[:10], progress=False)
+    assert tiny.is_fitted and tiny.neural_decoder is None and tiny.neural_report is None
+    assert tiny.encode(data[:3]).shape == (3, 2)
