@@ -15,13 +15,18 @@ repairs whatever a concurrent writer changed during a catch-up.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from semstore import storage
 from semstore.index import ADCIndex, IndexVersion
+
+if TYPE_CHECKING:
+    from semstore.codec import PQVAECodec
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +101,18 @@ def _id_sum(ids: np.ndarray) -> int:
 
 
 def _add_rows(index: ADCIndex, sessions: sessionmaker[Session], collection_id: int, ids: np.ndarray) -> np.ndarray:
-    codec = index.codec
-    dtype = codec.code_dtype.newbyteorder("<")
     with sessions() as session:
         rows = storage.get_items(session, collection_id=collection_id, ids=ids.tolist())
         found = np.asarray([row.id for row in rows], dtype=np.int64)
-        codes = np.stack([np.frombuffer(row.codes, dtype=dtype) for row in rows]) if rows else None
+        codes = stored_codes(rows, index.codec) if rows else None
     if codes is None:
         return found
-    index.add(found, codes.astype(codec.code_dtype), skip_present=True)
+    index.add(found, codes, skip_present=True)
     return found
+
+
+def stored_codes(rows: Sequence[storage.Item], codec: PQVAECodec) -> np.ndarray:
+    """The codes of item rows read from the database, (len(rows), M) in the codec's dtype
+    (each row holds its codes as little-endian bytes, see :func:`storage.pack_codes`)."""
+    little = codec.code_dtype.newbyteorder("<")
+    return np.stack([np.frombuffer(row.codes, dtype=little) for row in rows]).astype(codec.code_dtype)

@@ -57,8 +57,9 @@ from sqlalchemy.orm import Session
 from semstore import storage
 from semstore.collection import Collection
 from semstore.index_service import revisions_of
+from semstore.replica import stored_codes
 from server.errors import ApiError
-from server.ingest_threads import INGEST_NICENESS, IngestThreads
+from server.ingest_threads import IngestThreads, lower_priority
 
 if TYPE_CHECKING:
     from semstore.config import Settings
@@ -263,8 +264,7 @@ def _apply_added(collection: Collection, service: IndexService, ids: list[int]) 
     if not rows:
         return
     stored = np.asarray([row.id for row in rows], dtype=np.int64)
-    codes = np.stack([np.frombuffer(row.codes, dtype=codec.code_dtype.newbyteorder("<")) for row in rows])
-    service.apply_added(stored, codes.astype(codec.code_dtype), [row.metadata_ for row in rows])
+    service.apply_added(stored, stored_codes(rows, codec), [row.metadata_ for row in rows])
     # An item deleted between the read and the apply (its delete found nothing to remove
     # from the index yet) is removed now; one deleted later is removed by its own delete.
     present = {row.id for row in _rows(collection, stored.tolist())}
@@ -354,7 +354,7 @@ def _start_worker(settings: Settings, encoder_factory: EncoderFactory | None, ch
     # listener forgets what the transaction wrote).
     event.listen(database.sessions, "before_commit", partial(_announce, "commit"))
     event.listen(database.sessions, "after_rollback", partial(_announce, "rollback"), insert=True)
-    _lower_priority()
+    _lower_process_priority()
     _database, _channel = database, channel
 
 
@@ -377,8 +377,8 @@ def _tell(kind: str, revisions: dict[int, list[int]]) -> None:
             pass  # (an answer to an earlier announcement: cannot happen, as each is awaited)
 
 
-def _lower_priority() -> None:
-    """Make every thread of this process :data:`INGEST_NICENESS` steps nicer (on Linux a
+def _lower_process_priority() -> None:
+    """Make every thread of this process :data:`~server.ingest_threads.INGEST_NICENESS` steps nicer (on Linux a
     priority is a thread's: those the imports and the model load started need it too; the
     threads started later inherit it from the one that starts them)."""
     try:
@@ -386,10 +386,7 @@ def _lower_priority() -> None:
     except OSError:
         tids = [0]  # (elsewhere: the process)
     for tid in tids:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + INGEST_NICENESS)
-        except OSError as exc:  # not allowed, or the thread ended: that one runs at normal priority
-            logger.debug("an ingest worker thread keeps its priority: %s", exc)
+        lower_priority(tid)
 
 
 def _ready() -> int:

@@ -36,12 +36,13 @@ INGEST_NICENESS = 10
 _T = TypeVar("_T")
 
 
-def _lower_priority() -> None:
+def lower_priority(tid: int | None = None) -> None:
+    """Make thread ``tid`` (default: the calling one) :data:`INGEST_NICENESS` steps nicer."""
     try:
-        tid = threading.get_native_id()
+        tid = threading.get_native_id() if tid is None else tid
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + INGEST_NICENESS)
-    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: run at normal priority
-        logger.debug("ingest threads keep their priority: %s", exc)
+    except (AttributeError, OSError) as exc:  # not Linux, not allowed, or the thread ended: normal priority
+        logger.debug("an ingest thread keeps its priority: %s", exc)
 
 
 class IngestThreads:
@@ -52,7 +53,7 @@ class IngestThreads:
     """
 
     def __init__(self, workers: int, limiter: anyio.CapacityLimiter | None = None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="semstore-ingest", initializer=_lower_priority)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="semstore-ingest", initializer=lower_priority)
         self._limiter = limiter
 
     async def run(self, call: Callable[[], _T]) -> _T:
